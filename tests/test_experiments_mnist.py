@@ -36,6 +36,33 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     assert serve(images=tf.zeros([2, 28, 28, 1]))["logits"].shape == (2, 10)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary leftovers
+    # nothing computed on private training batches is published (epsilon does not cover it)
+    assert not _private_batch_keys(meta) and not _private_batch_keys(results)
+    assert meta["private"] is True and meta["adjacency"] == "add-or-remove-one"
+    assert "add-or-remove-one adjacency" in meta["guarantee"] and "OS entropy" in meta["guarantee"]
+    assert meta["data_config"]["public_dataset"] == "kmnist" and "scikit-learn" in meta["data"]["public"]
+
+
+def _private_batch_keys(tree, path=""):
+    """Keys of a metadata tree that hold statistics of the private training batches."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key in {"history", "loss", "acc", "adv_acc", "dropped"} or key.startswith("train_acc"):
+                found.append(path + key)
+            found += _private_batch_keys(value, f"{path}{key}.")
+    return found
+
+
+def test_insecure_noise_run_says_it_is_not_private(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfdprobust.experiments.mnist", *TINY, "--attack=none", "--max_train=200",
+         f"--export_dir={tmp_path}", "--run_name=insecure", "--insecure_reproducible_noise"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "NOT PRIVATE" in proc.stdout
+    meta = json.loads((tmp_path / "insecure" / "metadata.json").read_text())
+    assert meta["private"] is False and meta["epsilon"] is None and "NOT PRIVATE" in meta["guarantee"]
 
 
 def test_help_lists_flags_with_defaults():
@@ -76,6 +103,13 @@ def run_main(monkeypatch, capsys, tmp_path):
     (["--target_epsilon=1e-9", "--epochs=50"], "--target_epsilon"),
     (["--norm=batch"], "--norm"),
     (["--sampling=random"], "--sampling"),
+    (["--l2_clip=inf"], "--l2_clip"),
+    (["--noise=inf"], "--noise"),
+    (["--learning_rate=1e30"], "--learning_rate"),
+    (["--seed=-1"], "--seed"),
+    (["--accountant=gdp"], "--accountant"),
+    (["--dp_path=tf_privacy"], "--dp_path"),
+    (["--public_dataset=mnist"], "--public_from_private"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(run_main, tmp_path, argv, needle):
     code, err = run_main(*argv)

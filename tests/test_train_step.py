@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdprobust import accounting, attacks, clipping
+from tfdprobust import accounting, attacks, clipping, per_example
 from tfdprobust.errors import UsageError
 from tfdprobust.models import ModelConfig, build_model
 from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig, fit
@@ -46,24 +46,77 @@ def test_dp_paths_agree_without_noise(tiny_images, adv_weight):
         np.testing.assert_allclose(f.numpy(), t.numpy() * len(x), atol=1e-5)
 
 
-def test_mixed_clean_and_adversarial_loss_is_clipped_once(tiny_images):
-    """Removing one example moves the clipped sum by at most C (not 2C), with w=0.5."""
-    clip = 0.01
-    model = _model(tiny_images, dp=DPConfig(l2_clip=clip, noise_multiplier=0.0), adv_weight=0.5)
+def _norm(tensors):
+    return np.sqrt(sum(np.sum(np.square(t)) for t in tensors))
+
+
+@pytest.mark.parametrize("name", ["cnn", "lenet"])
+@pytest.mark.parametrize("norm", ["none", "public_bn", "group"])
+@pytest.mark.parametrize("adv_weight", [0.0, 0.5, 1.0])
+def test_neighbouring_batches_move_the_clipped_sum_by_at_most_c(tiny_images, name, norm, adv_weight):
+    """The whole pre-noise step (public-statistics refresh, attack without random start,
+    row folding, clipping) run on a batch with and without example k: the clipped sum moves
+    by at most C, and every other example's clipped gradient is unchanged."""
+    x_all, y_all, public = tiny_images
+    clip, n = 1e-3, 5
+    cfg = TrainConfig(expected_batch_size=n, adv_weight=adv_weight,
+                      attack=attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2, random_start=False),
+                      dp=DPConfig(l2_clip=clip, noise_multiplier=0.0))
+    model = PrivateRobustModel(build_model(ModelConfig(name=name, norm=norm), seed=5), cfg, public)
+
+    def clipped_rows(x, y):
+        model.refresh_public_statistics()
+        x_adv = model.adversarial(x, y)
+        grads, _ = model.per_example_gradients(x, x_adv, y)
+        clipped, norms = clipping.clip_per_example(grads, clip)
+        assert np.all(norms.numpy() > clip)  # clipping is active, so the bound is the point
+        return [c.numpy() for c in clipped]
+
+    x, y = tf.constant(x_all[:n]), tf.constant(y_all[:n])
+    full = clipped_rows(x, y)
+    for k in (0, n - 1):
+        keep = [i for i in range(n) if i != k]
+        rest = clipped_rows(tf.gather(x, keep), tf.gather(y, keep))
+        moved = [f.sum(0) - r.sum(0) for f, r in zip(full, rest)]
+        assert _norm(moved) <= clip * (1 + 1e-4)
+        for f, r in zip(full, rest):  # the others' contributions do not depend on example k
+            np.testing.assert_allclose(f[keep], r, rtol=1e-4, atol=1e-9)
+
+
+def _one_step_weights(tiny_images, insecure_noise_seed):
+    x, y, _ = tiny_images
+    tf.keras.utils.set_random_seed(0)  # same --seed, same initialization and batch
+    dp = DPConfig(l2_clip=1.0, noise_multiplier=1.0, insecure_noise_seed=insecure_noise_seed)
+    model = PrivateRobustModel(build_model(ModelConfig(norm="group"), seed=0),
+                               TrainConfig(expected_batch_size=8, attack=None, dp=dp))
+    model.compile()
+    model.train_step((tf.constant(x[:8]), tf.constant(y[:8])))
+    return np.concatenate([v.numpy().ravel() for v in model.net.trainable_variables])
+
+
+def test_same_seed_gives_different_noise_unless_insecure(tiny_images):
+    a, b = _one_step_weights(tiny_images, None), _one_step_weights(tiny_images, None)
+    assert not np.allclose(a, b)
+    c, d = _one_step_weights(tiny_images, 0), _one_step_weights(tiny_images, 0)
+    np.testing.assert_array_equal(c, d)
+
+
+def test_empty_poisson_batch_is_a_pure_noise_step(tiny_images):
+    model = _model(tiny_images, norm="group", dp=DPConfig(l2_clip=1.0, noise_multiplier=1.0), attack=None)
+    before = [v.numpy().copy() for v in model.net.trainable_variables]
+    empty_x, empty_y = tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64)
+    model.train_step((empty_x, empty_y))
+    moved = [np.abs(b - v.numpy()).max() for b, v in zip(before, model.net.trainable_variables)]
+    assert all(np.isfinite(m) and m > 0 for m in moved)
+
+
+def test_a_non_finite_example_does_not_poison_the_step(tiny_images):
+    model = _model(tiny_images, norm="none", dp=DPConfig(l2_clip=1.0, noise_multiplier=0.0), attack=None)
     x, y = _batch(tiny_images)
-    model.refresh_public_statistics()
-    x_adv = model.adversarial(x, y)
-    grads, _ = model.per_example_gradients(x, x_adv, y)
-    total, norms = clipping.clipped_sum(grads, clip)
-    assert np.all(norms.numpy() > clip)
-    for k in range(len(x)):
-        keep = [i for i in range(len(x)) if i != k]
-        rest, _ = clipping.clipped_sum([tf.gather(g, keep) for g in grads], clip)
-        diff = np.sqrt(sum(np.sum((a - b).numpy() ** 2) for a, b in zip(total, rest)))
-        assert diff <= clip * (1 + 1e-4)
-    # and each example's gradient is the weighted sum of its clean and adversarial rows
-    rows, labels, weights, copies = model.rows(x, x_adv, y)
-    assert copies == 2 and rows.shape[0] == 2 * len(x)
+    x = tf.tensor_scatter_nd_update(x, [[3, 0, 0, 0]], [np.nan])
+    logs = model.train_step((x, y))
+    assert int(logs["dropped"]) == 1
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.net.trainable_variables)
 
 
 def test_attack_and_evaluation_update_no_state(tiny_images):
@@ -126,6 +179,31 @@ def test_fit_reports_epsilon_per_epoch(tiny_images):
         [accounting.epsilon(spec.replace(steps=4)), accounting.epsilon(spec.replace(steps=8))])
 
 
+@pytest.mark.parametrize("layer", [
+    tf.keras.layers.Lambda(lambda t: t - tf.reduce_mean(t, axis=0)),  # mixes the batch
+    tf.keras.layers.UnitNormalization(),                              # unknown to us
+])
+def test_unknown_layers_are_refused_under_dp_naming_the_layer(layer):
+    net = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Flatten(), layer,
+                               tf.keras.layers.Dense(10)])
+    with pytest.raises(UsageError, match=f"layer {layer.name} .*not known to be per-example"):
+        PrivateRobustModel(net, TrainConfig())
+    PrivateRobustModel(net, TrainConfig(dp=DPConfig(enabled=False)))  # fine without DP
+
+
+def test_known_per_example_layers_pass_and_rule_less_layers_take_the_exact_path(tiny_images):
+    net = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Conv2D(4, 3),
+                               tf.keras.layers.DepthwiseConv2D(3), tf.keras.layers.Dropout(0.5),
+                               tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+    model = PrivateRobustModel(net, TrainConfig(expected_batch_size=4, attack=None))
+    assert not per_example.supports(net)  # DepthwiseConv2D has no rule: vectorized path
+    x, y = _batch(tiny_images, 4)
+    grads, _ = model.per_example_gradients(x, x, y)
+    assert [g.shape[0] for g in grads] == [4] * len(net.trainable_variables)
+    grouped = tf.keras.Sequential([tf.keras.Input((8, 8, 4)), tf.keras.layers.Conv2D(4, 3, groups=2)])
+    assert per_example.rule_for(grouped.layers[0]) is None  # not the dense-conv rule (wrong shapes)
+
+
 def test_batch_normalization_is_refused_under_dp():
     net = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Conv2D(2, 3),
                                tf.keras.layers.BatchNormalization(), tf.keras.layers.Flatten(),
@@ -141,6 +219,7 @@ def test_public_norm_without_public_images_is_refused():
 
 @pytest.mark.parametrize("kwargs,flag", [
     (dict(learning_rate=0), "--learning_rate"), (dict(adv_weight=1.5), "--adv_weight"),
+    (dict(learning_rate=1e30), "--learning_rate"),
     (dict(optimizer="lion"), "optimizer"),
 ])
 def test_bad_train_config_names_the_flag(kwargs, flag):
@@ -149,6 +228,8 @@ def test_bad_train_config_names_the_flag(kwargs, flag):
 
 
 @pytest.mark.parametrize("kwargs,flag", [(dict(l2_clip=0), "--l2_clip"), (dict(noise_multiplier=-1), "--noise"),
+                                         (dict(l2_clip=float("inf")), "--l2_clip"),
+                                         (dict(noise_multiplier=float("inf")), "--noise"),
                                          (dict(path="jax"), "--dp_path")])
 def test_bad_dp_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):

@@ -1,32 +1,27 @@
-"""Privacy accounting for DP-SGD, through ``dp_accounting``'s RDP accountant.
+"""Privacy accounting for DP-SGD, through ``dp_accounting``.
 
-Nothing here computes an RDP curve by hand: every epsilon comes from
-``dp_accounting.rdp.RdpAccountant`` composing the ``DpEvent`` that describes what
-the training loop actually did.
+Nothing here computes a privacy curve by hand: every epsilon comes from one of
+``dp_accounting``'s accountants (``--accountant``: ``rdp``, the default, or ``pld``,
+privacy loss distributions, which is tighter) composing the ``DpEvent`` that the run's
+batch sampler (:mod:`tfdprobust.sampling`) says it executed, under that sampler's
+neighbouring relation:
 
-Two batch samplers are supported, and they give *different* guarantees:
+* ``"poisson"``: the Poisson-subsampled Gaussian mechanism composed over the steps,
+  example-level add-or-remove-one adjacency (DP-SGD's amplification by sampling).
+* ``"shuffle"``: no amplification-by-sampling theorem covers shuffled batches (Chua et
+  al., 2024, "How private are DP-SGD implementations?"), and removing one example
+  re-partitions every later batch, so the claim is *replace-one* adjacency: one Gaussian
+  mechanism of sensitivity 2C per epoch.
 
-* ``"poisson"``: every step includes each example independently with probability
-  ``q = batch_size / num_examples`` (variable batch size). The guarantee is the
-  T-fold composition of the Poisson-subsampled Gaussian mechanism, i.e. DP-SGD's
-  usual "privacy amplification by sampling".
-* ``"shuffle"``: the data is shuffled once per epoch and cut into batches, so each
-  example is used exactly once per epoch. No amplification-by-sampling theorem
-  covers this in general (see Chua et al., 2024, "How private are DP-SGD
-  implementations?"), so the only guarantee we claim is the one that holds without
-  amplification: ``ceil(epochs)``-fold composition of the Gaussian mechanism with
-  noise multiplier sigma (parallel composition within an epoch). This is the
-  "each example occurring once per epoch" figure of tensorflow-privacy's
-  ``compute_dp_sgd_privacy_statement``. It is larger, and it is honest.
-
-Both are example-level DP under add-or-remove-one adjacency and protect every
-intermediate model as well as the final one.
+Both protect every intermediate model as well as the final one.
 
 Example:
     >>> spec = AccountingSpec(num_examples=60000, batch_size=256, epochs=15,
     ...                       noise_multiplier=1.1, delta=1e-5, sampling="poisson")
     >>> round(epsilon(spec), 2)
     1.28
+    >>> round(epsilon(spec.replace(sampling="shuffle")), 1)   # replace-one, sensitivity 2C
+    57.0
 """
 
 import dataclasses
@@ -34,11 +29,19 @@ import math
 from typing import Optional
 
 import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from tfdprobust import sampling as samplers
 from tfdprobust.errors import UsageError, require
+from tfdprobust.registry import Registry
 
-SAMPLINGS = ("poisson", "shuffle")
+SAMPLINGS = samplers.SAMPLERS.names()
+ACCOUNTANTS: Registry = Registry("accountant")
+ACCOUNTANTS.register("rdp")(rdp_privacy_accountant.RdpAccountant)
+# PLD (Meiser & Mohammad; Koskela et al.) with dp_accounting's default discretization,
+# which rounds pessimistically: its epsilon is an upper bound, tighter than RDP's.
+ACCOUNTANTS.register("pld")(pld_privacy_accountant.PLDAccountant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +54,11 @@ class AccountingSpec:
         epochs: passes over the data (may be fractional with Poisson sampling).
         noise_multiplier: sigma; the noise std is sigma * C per step.
         delta: target delta; must be < 1/N to mean anything.
-        sampling: "poisson" or "shuffle" (see the module docstring).
+        sampling: a registered sampler of :mod:`tfdprobust.sampling` ("poisson" or
+            "shuffle"); it fixes the event and the neighbouring relation.
         steps: number of steps actually run. ``None`` derives it from epochs:
-            ``ceil(epochs * N / B)``, which is what :mod:`tfdprobust.data` runs.
+            ``ceil(epochs * N / B)``, which is what the training loop runs.
+        accountant: ``rdp`` or ``pld`` (see :data:`ACCOUNTANTS`).
     """
 
     num_examples: int
@@ -63,6 +68,7 @@ class AccountingSpec:
     delta: float
     sampling: str = "poisson"
     steps: Optional[int] = None
+    accountant: str = "rdp"
 
     def __post_init__(self):
         require(self.num_examples > 0, f"num_examples must be > 0, got {self.num_examples}")
@@ -71,10 +77,11 @@ class AccountingSpec:
             f"--batch_size must be in [1, {self.num_examples}] (the number of training "
             f"examples), got {self.batch_size}",
         )
-        require(self.epochs > 0, f"--epochs must be > 0, got {self.epochs}")
+        require(math.isfinite(self.epochs) and self.epochs > 0, f"--epochs must be > 0, got {self.epochs}")
         require(
-            self.noise_multiplier >= 0,
-            f"--noise must be >= 0 (it is the noise multiplier sigma), got {self.noise_multiplier}",
+            math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
+            f"--noise must be a finite number >= 0 (it is the noise multiplier sigma), got "
+            f"{self.noise_multiplier}",
         )
         require(
             0 < self.delta < 1.0 / self.num_examples,
@@ -86,6 +93,12 @@ class AccountingSpec:
             f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}",
         )
         require(self.steps is None or self.steps > 0, f"steps must be > 0, got {self.steps}")
+        require(self.accountant in ACCOUNTANTS,
+                f"--accountant must be one of {', '.join(ACCOUNTANTS.names())}, got {self.accountant!r}")
+
+    @property
+    def sampler(self) -> samplers.BatchSampler:
+        return samplers.make_sampler(self.sampling, self.num_examples, self.batch_size)
 
     @property
     def sampling_probability(self) -> float:
@@ -93,7 +106,7 @@ class AccountingSpec:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
+        return self.sampler.steps_per_epoch
 
     @property
     def total_steps(self) -> int:
@@ -101,46 +114,48 @@ class AccountingSpec:
             return self.steps
         return math.ceil(self.epochs * self.steps_per_epoch)
 
+    @property
+    def neighboring_relation(self) -> dp_accounting.NeighboringRelation:
+        return self.sampler.neighboring_relation
+
     def replace(self, **changes) -> "AccountingSpec":
         return dataclasses.replace(self, **changes)
 
 
 def dp_event(spec: AccountingSpec) -> dp_accounting.DpEvent:
-    """The ``DpEvent`` describing the whole run.
+    """The ``DpEvent`` describing the whole run, as its sampler states it.
 
     Example:
         >>> spec = AccountingSpec(1000, 100, 2, 1.0, 1e-5, "shuffle")
         >>> dp_event(spec)
-        SelfComposedDpEvent(event=GaussianDpEvent(noise_multiplier=1.0), count=2)
+        SelfComposedDpEvent(event=GaussianDpEvent(noise_multiplier=0.5), count=2)
     """
-    gaussian = dp_accounting.GaussianDpEvent(spec.noise_multiplier)
-    if spec.sampling == "poisson":
-        return dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(spec.sampling_probability, gaussian),
-            spec.total_steps,
-        )
-    # Shuffled batches: an example is in one batch per epoch, so each (started) epoch
-    # costs one Gaussian mechanism; steps beyond the epochs are whole epochs too.
-    epochs_run = math.ceil(spec.total_steps / spec.steps_per_epoch)
-    return dp_accounting.SelfComposedDpEvent(gaussian, epochs_run)
+    return spec.sampler.dp_event(spec.noise_multiplier, spec.total_steps)
 
 
-def _accountant() -> rdp_privacy_accountant.RdpAccountant:
-    return rdp_privacy_accountant.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    )
+def make_accountant(
+    kind: str = "rdp",
+    relation: dp_accounting.NeighboringRelation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+) -> dp_accounting.PrivacyAccountant:
+    """A fresh ``dp_accounting`` accountant of ``kind`` for ``relation``."""
+    return ACCOUNTANTS.get(kind)(neighboring_relation=relation)
+
+
+def epsilon_of_event(
+    event: dp_accounting.DpEvent,
+    delta: float,
+    accountant: str = "rdp",
+    relation: dp_accounting.NeighboringRelation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+) -> float:
+    """Epsilon at ``delta`` of any composed event, e.g. K tuning trials (see :func:`compose`)."""
+    return float(make_accountant(accountant, relation).compose(event).get_epsilon(delta))
 
 
 def epsilon(spec: AccountingSpec) -> float:
-    """Epsilon at ``spec.delta`` by RDP. ``inf`` when sigma is 0 (no privacy)."""
+    """Epsilon at ``spec.delta``. ``inf`` when sigma is 0 (no privacy)."""
     if spec.noise_multiplier == 0:
         return math.inf
-    return float(_accountant().compose(dp_event(spec)).get_epsilon(spec.delta))
-
-
-def epsilon_of_event(event: dp_accounting.DpEvent, delta: float) -> float:
-    """Epsilon of any composed event, e.g. K tuning trials (see :func:`compose`)."""
-    return float(_accountant().compose(event).get_epsilon(delta))
+    return epsilon_of_event(dp_event(spec), spec.delta, spec.accountant, spec.neighboring_relation)
 
 
 def compose(spec: AccountingSpec, runs: int) -> dp_accounting.DpEvent:
@@ -152,9 +167,9 @@ def compose(spec: AccountingSpec, runs: int) -> dp_accounting.DpEvent:
 def calibrate_noise(target_epsilon: float, spec: AccountingSpec) -> float:
     """Smallest noise multiplier whose epsilon does not exceed ``target_epsilon``.
 
-    Uses ``dp_accounting.calibrate_dp_mechanism`` (bracketing + Brent's method),
-    which guarantees the returned sigma gives epsilon <= target: it never overshoots
-    the budget. ``spec.noise_multiplier`` is ignored.
+    Uses ``dp_accounting.calibrate_dp_mechanism`` (bracketing + Brent's method) with the
+    spec's accountant and neighbouring relation; it guarantees the returned sigma gives
+    epsilon <= target: it never overshoots the budget. ``spec.noise_multiplier`` is ignored.
 
     Raises:
         UsageError: if the target is not reachable (e.g. <= 0, or too small for sigma
@@ -166,43 +181,60 @@ def calibrate_noise(target_epsilon: float, spec: AccountingSpec) -> float:
         >>> epsilon(spec.replace(noise_multiplier=sigma)) <= 1.0
         True
     """
-    require(target_epsilon > 0, f"--target_epsilon must be > 0, got {target_epsilon}")
+    require(math.isfinite(target_epsilon) and target_epsilon > 0,
+            f"--target_epsilon must be a finite number > 0, got {target_epsilon}")
     max_sigma = 1e4
 
     def make_event(sigma: float) -> dp_accounting.DpEvent:
         return dp_event(spec.replace(noise_multiplier=sigma))
 
-    if epsilon(spec.replace(noise_multiplier=max_sigma)) > target_epsilon:
-        raise UsageError(
-            f"--target_epsilon={target_epsilon} is unreachable: even noise {max_sigma:g} gives "
-            "more; raise the target, or use fewer epochs or Poisson sampling"
-        )
+    # Bracket geometrically around sigma = 1 (doubling up or halving down): extreme sigmas
+    # are cheap for RDP but make PLD discretize an enormous privacy-loss distribution.
+    def too_small(sigma: float) -> bool:
+        return epsilon(spec.replace(noise_multiplier=sigma)) > target_epsilon
+
+    low = high = 1.0
+    if too_small(high):
+        while too_small(high):
+            high *= 2
+            if high > max_sigma:
+                raise UsageError(
+                    f"--target_epsilon={target_epsilon} is unreachable: even noise {max_sigma:g} gives "
+                    "more; raise the target, or use fewer epochs or Poisson sampling"
+                )
+        low = high / 2
+    else:
+        while not too_small(low) and low > 1e-3:
+            low /= 2
+        high = low * 2
     sigma = dp_accounting.calibrate_dp_mechanism(
-        _accountant,
+        lambda: make_accountant(spec.accountant, spec.neighboring_relation),
         make_event,
         target_epsilon,
         spec.delta,
-        dp_accounting.ExplicitBracketInterval(1e-3, max_sigma),
+        dp_accounting.ExplicitBracketInterval(low, high),
         tol=1e-4,
     )
     return float(sigma)
 
 
-def guarantee_statement(spec: AccountingSpec) -> str:
-    """One plain sentence saying which guarantee the reported epsilon is."""
+def guarantee_statement(spec: AccountingSpec, unprotected: str = "") -> str:
+    """One plain sentence saying which guarantee the reported epsilon is.
+
+    Args:
+        unprotected: a clause naming examples the guarantee does *not* cover (e.g. a
+            public set taken from the private pool with ``--public_from_private``).
+    """
     eps = epsilon(spec)
     if math.isinf(eps):
         return "no differential privacy (noise multiplier 0): epsilon is infinite"
-    head = (
-        f"({eps:.3g}, {spec.delta:g})-DP, example-level, add-or-remove-one adjacency, "
-        f"RDP accounting over {spec.total_steps} steps with sigma={spec.noise_multiplier:g}; "
+    sampler = spec.sampler
+    text = (
+        f"({eps:.3g}, {spec.delta:g})-DP, example-level, {sampler.adjacency} adjacency, "
+        f"{spec.accountant.upper()} accounting (dp_accounting) over {spec.total_steps} steps with "
+        f"sigma={spec.noise_multiplier:.4g}; {sampler.describe()}; noise and sampling drawn from "
+        "OS entropy"
     )
-    if spec.sampling == "poisson":
-        return head + (
-            f"assumes Poisson sampling with q={spec.sampling_probability:.4g}, which is how "
-            "the batches were drawn"
-        )
-    return head + (
-        "shuffled batches (each example once per epoch): no amplification by sampling is "
-        "claimed, so this is the composition of one Gaussian mechanism per epoch"
-    )
+    if unprotected:
+        text += f"; NOT covered: {unprotected}"
+    return text

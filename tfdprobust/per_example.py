@@ -20,10 +20,11 @@ slow on convolutional networks. ``tests/test_per_example.py`` checks the two agr
 """
 
 import dataclasses
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from tfdprobust.errors import UsageError
 from tfdprobust.normalization import PublicBatchNormalization
 
 
@@ -36,10 +37,14 @@ class LayerRule:
             tensor whose gradient the rule consumes) and the layer output.
         grads: ``grads(layer, a, dpre) -> [per-example grad for each trainable weight]``
             in the order of ``layer.trainable_weights``, each with a leading batch axis.
+        applies: optional ``applies(layer) -> bool``; a layer it rejects (e.g. a grouped
+            convolution) has no rule, so its network takes the exact vectorized path
+            instead of failing at trace time.
     """
 
     forward: Callable
     grads: Callable
+    applies: Optional[Callable] = None
 
 
 _RULES: Dict[type, LayerRule] = {}
@@ -55,14 +60,76 @@ def register_rule(layer_class: type):
     return decorator
 
 
-def rule_for(layer: tf.keras.layers.Layer):
-    return _RULES.get(type(layer))
+def rule_for(layer: tf.keras.layers.Layer) -> Optional[LayerRule]:
+    """The rule for ``layer``, or ``None`` when it has none or cannot use it."""
+    rule = _RULES.get(type(layer))
+    if rule is not None and rule.applies is not None and not rule.applies(layer):
+        return None
+    return rule
 
 
 def supports(net: tf.keras.Model) -> bool:
-    """Whether every trainable layer of a Sequential ``net`` has a per-example rule."""
+    """Whether every trainable layer of a Sequential ``net`` has a usable per-example rule."""
     return isinstance(net, tf.keras.Sequential) and all(
         not layer.trainable_weights or rule_for(layer) is not None for layer in net.layers)
+
+
+# --------------------------------------------------------------------------- safety
+L = tf.keras.layers
+#: Layers whose output row i depends on input row i alone (in the inference mode the
+#: train step runs them in), with no rule of their own: they are exact on the
+#: ``tf.vectorized_map`` path and harmless on the fast path. Default-deny: anything not
+#: here and without a rule is refused under DP (like Opacus' ModuleValidator).
+_PER_EXAMPLE_LAYERS = {
+    L.InputLayer, L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Softmax,
+    L.Flatten, L.Reshape, L.Permute, L.RepeatVector, L.Rescaling, L.CenterCrop,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
+    L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalMaxPooling1D,
+    L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D, L.Cropping1D, L.Cropping2D,
+    L.UpSampling1D, L.UpSampling2D,
+    # inference mode (training=False, which is how the train step calls the network)
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout,
+    L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+    # trainable, per-example, but no fast rule (exact through tf.vectorized_map)
+    L.Conv1D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose,
+    L.LayerNormalization, L.Embedding, L.EinsumDense,
+}
+
+
+def register_per_example_layer(layer_class: type) -> type:
+    """Declares that ``layer_class`` never mixes examples (usable as a class decorator).
+
+    Only register a layer whose output for one example depends on that example alone
+    and which changes no state when called with ``training=False``.
+    """
+    _PER_EXAMPLE_LAYERS.add(layer_class)
+    return layer_class
+
+
+def validate_network(net: tf.keras.Model) -> None:
+    """Refuses a network that may let one private example influence another.
+
+    Every layer (nested ones too) must have a per-example rule or be a known
+    per-example layer; containers (``Sequential``, functional models) are checked
+    through their layers.
+
+    Raises:
+        UsageError: naming the first offending layer and the fix.
+    """
+    for layer in [net, *net.submodules]:
+        if not isinstance(layer, tf.keras.layers.Layer) or isinstance(layer, tf.keras.Model):
+            continue
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            raise UsageError(
+                f"layer {layer.name} is BatchNormalization, which mixes private examples; "
+                "use --norm=public_bn or --norm=group for DP training")
+        if type(layer) in _RULES or type(layer) in _PER_EXAMPLE_LAYERS:
+            continue
+        raise UsageError(
+            f"layer {layer.name} ({type(layer).__name__}) is not known to be per-example, so DP "
+            "training refuses it (it could mix private examples); replace it, or declare it with "
+            "tfdprobust.per_example.register_per_example_layer if each output row depends only on "
+            "its own input row")
 
 
 # --------------------------------------------------------------------------- rules
@@ -95,8 +162,6 @@ def _conv2d_rule() -> LayerRule:
         kh, kw = layer.kernel_size
         sh, sw = layer.strides
         dh, dw = layer.dilation_rate
-        if layer.groups != 1 or layer.data_format != "channels_last":
-            raise NotImplementedError("grouped or channels_first convolutions")
         # Patches are laid out (row, col, channel), matching the kernel's first three axes.
         patches = tf.image.extract_patches(
             a, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, dh, dw, 1],
@@ -110,7 +175,10 @@ def _conv2d_rule() -> LayerRule:
             out.append(tf.reduce_sum(dflat, axis=1))
         return out
 
-    return LayerRule(forward, grads)
+    def applies(layer):
+        return layer.groups == 1 and layer.data_format == "channels_last"
+
+    return LayerRule(forward, grads, applies)
 
 
 def _affine_norm_grads(xhat, dpre, layer) -> List[tf.Tensor]:
@@ -152,15 +220,17 @@ def _group_norm_rule() -> LayerRule:
         return tf.reshape((grouped - mean) * tf.math.rsqrt(variance + layer.epsilon), tf.shape(a))
 
     def forward(layer, a):
-        if layer.axis not in (-1, len(a.shape) - 1):
-            raise NotImplementedError("group normalization over a non-channel axis")
         out = layer(a)
         return out, out
 
     def grads(layer, a, dpre):
         return _affine_norm_grads(normalize(layer, a), dpre, layer)
 
-    return LayerRule(forward, grads)
+    def applies(layer):
+        # only the channels-last grouping that normalize() implements
+        return layer.axis in (-1, len(layer.input_shape) - 1)
+
+    return LayerRule(forward, grads, applies)
 
 
 # --------------------------------------------------------------------------- driver

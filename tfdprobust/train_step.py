@@ -30,13 +30,14 @@ no clipping or noise); with ``attack=None`` or ``adv_weight=0`` a non-robust one
 """
 
 import dataclasses
+import math
 from typing import List, Optional, Tuple
 
 import tensorflow as tf
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
-from tfdprobust import accounting, attacks, clipping, per_example
-from tfdprobust.errors import UsageError, require
+from tfdprobust import accounting, attacks, clipping, per_example, randomness
+from tfdprobust.errors import require
 from tfdprobust.normalization import has_public_normalization, update_public_statistics
 from tfdprobust.registry import Registry
 
@@ -71,17 +72,22 @@ class DPConfig:
         l2_clip: C, the per-example gradient norm bound.
         noise_multiplier: sigma; noise std on the gradient sum is sigma * C.
         path: ``vectorized`` (fast) or ``tf_privacy`` (tensorflow-privacy optimizers).
+        insecure_noise_seed: ``None`` (private): the noise comes from OS entropy. An
+            integer replays the noise from it, which voids the DP guarantee; only
+            ``--insecure_reproducible_noise`` sets it.
     """
 
     enabled: bool = True
     l2_clip: float = 1.0
     noise_multiplier: float = 7.1
     path: str = "vectorized"
+    insecure_noise_seed: Optional[int] = None
 
     def __post_init__(self):
-        require(self.l2_clip > 0, f"--l2_clip must be > 0, got {self.l2_clip}")
-        require(self.noise_multiplier >= 0,
-                f"--noise must be >= 0 (the noise multiplier sigma), got {self.noise_multiplier}")
+        require(math.isfinite(self.l2_clip) and self.l2_clip > 0,
+                f"--l2_clip must be a finite number > 0, got {self.l2_clip}")
+        require(math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
+                f"--noise must be a finite number >= 0 (the noise multiplier sigma), got {self.noise_multiplier}")
         require(self.path in DP_PATHS, f"--dp_path must be one of {', '.join(DP_PATHS)}, got {self.path!r}")
 
 
@@ -109,7 +115,8 @@ class TrainConfig:
 
     def __post_init__(self):
         OPTIMIZERS.get(self.optimizer)
-        require(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
+        require(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1e6,
+                f"--learning_rate must be a finite number in (0, 1e6], got {self.learning_rate}")
         require(self.expected_batch_size > 0, f"--batch_size must be > 0, got {self.expected_batch_size}")
         require(0.0 <= self.adv_weight <= 1.0, f"--adv_weight must be in [0, 1], got {self.adv_weight}")
 
@@ -127,14 +134,6 @@ class TrainConfig:
             return dp_class(l2_norm_clip=self.dp.l2_clip, noise_multiplier=self.dp.noise_multiplier,
                             num_microbatches=None, **kwargs)
         return spec.keras_class(**kwargs)
-
-
-def _check_per_example_network(net: tf.keras.Model) -> None:
-    for layer in net.submodules:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            raise UsageError(
-                f"layer {layer.name} is BatchNormalization, which mixes private examples; "
-                "use --norm=public_bn or --norm=group for DP training")
 
 
 # --------------------------------------------------------------------------- the model
@@ -164,7 +163,9 @@ class PrivateRobustModel(tf.keras.Model):
     def __init__(self, net: tf.keras.Sequential, config: TrainConfig, public_images=None, **kwargs):
         super().__init__(**kwargs)
         if config.dp.enabled:
-            _check_per_example_network(net)
+            per_example.validate_network(net)
+            # Secret (OS-entropy) noise unless the insecure flag replays it; never saved.
+            self.noise_generator = randomness.noise_generator(config.dp.insecure_noise_seed)
         needs_public = has_public_normalization(net)
         require(not needs_public or public_images is not None,
                 "the network uses public-data normalization but no public images were given; "
@@ -176,6 +177,8 @@ class PrivateRobustModel(tf.keras.Model):
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.clean_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="acc")
         self.adv_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
+        # Examples dropped for a non-finite gradient (live diagnostic; private, not published).
+        self.dropped = tf.keras.metrics.Sum(name="dropped")
 
     def compile(self, **kwargs):
         kwargs.setdefault("optimizer", self.config.make_optimizer())
@@ -184,7 +187,11 @@ class PrivateRobustModel(tf.keras.Model):
     @property
     def metrics(self):
         tracked = [self.loss_tracker, self.clean_accuracy]
-        return tracked + [self.adv_accuracy] if self.config.robust else tracked
+        if self.config.robust:
+            tracked.append(self.adv_accuracy)
+        if self.config.dp.enabled and self.config.dp.path == "vectorized":
+            tracked.append(self.dropped)
+        return tracked
 
     def call(self, x, training=False):
         return self.net(x, training=False)
@@ -242,12 +249,14 @@ class PrivateRobustModel(tf.keras.Model):
         return per_example.fold_rows(grads, copies), logits
 
     def private_gradients(self, x, x_adv, y) -> Tuple[List[tf.Tensor], tf.Tensor]:
-        """The DP-SGD gradient of the fast path (clip each example to C, sum, noise,
-        divide), and the row logits."""
+        """The DP-SGD gradient of the fast path (clip each example to C, sum, secret
+        noise, divide by the expected batch size), and the row logits."""
         dp = self.config.dp
         grads, logits = self.per_example_gradients(x, x_adv, y)
-        noisy, _ = clipping.privatize(grads, dp.l2_clip, dp.noise_multiplier,
-                                      normalizer=self.config.expected_batch_size)
+        noisy, norms = clipping.privatize(grads, dp.l2_clip, dp.noise_multiplier,
+                                          normalizer=self.config.expected_batch_size,
+                                          generator=self.noise_generator)
+        self.dropped.update_state(tf.cast(clipping.dropped_count(norms), tf.float32))
         return noisy, logits
 
     # -- Keras hooks --------------------------------------------------------------

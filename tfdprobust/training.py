@@ -17,14 +17,14 @@ Example:
 import dataclasses
 import datetime
 import importlib.metadata
-import math
 import os
+import secrets
 import time
 from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 
-from tfdprobust import accounting, attacks, data, export, models, train_step
+from tfdprobust import accounting, attacks, data, export, models, randomness, sampling, train_step
 from tfdprobust.data import DataConfig
 from tfdprobust.errors import require
 from tfdprobust.models import ModelConfig
@@ -46,11 +46,15 @@ class RunConfig:
         batch_size: (expected) batch size.
         sampling: ``poisson`` or ``shuffle`` batches (decides the privacy guarantee).
         delta: target delta.
+        accountant: ``rdp`` (default) or ``pld``; both from dp_accounting.
         target_epsilon: if set, sigma is calibrated to reach it (overrides the noise).
         eval_attack: the attack used for the reported robust accuracy.
         export_dir: parent folder of the export (``None``: do not export).
         run_name: export folder name (``None``: derived from the settings and time).
-        seed: seed of initialization, sampling, attacks and noise.
+        seed: seed of initialization, data splits and the attack's random starts. It never
+            touches the DP noise or the batch sampling, which come from OS entropy.
+        insecure_reproducible_noise: replay noise and sampling from ``seed`` too. The run
+            then has NO DP guarantee, and its output and metadata say so.
         verbose: Keras verbosity (1 = progress bars).
     """
 
@@ -61,12 +65,14 @@ class RunConfig:
     batch_size: int = 250
     sampling: str = "poisson"
     delta: float = 1e-5
+    accountant: str = "rdp"
     target_epsilon: Optional[float] = None
     eval_attack: Optional[attacks.AttackConfig] = attacks.AttackConfig(
         name="pgd_linf", eps=0.1, steps=40, random_start=True)
     export_dir: Optional[str] = "saved_models"
     run_name: Optional[str] = None
     seed: int = 0
+    insecure_reproducible_noise: bool = False
     verbose: int = 1
 
     def __post_init__(self):
@@ -77,13 +83,33 @@ class RunConfig:
         require(0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}")
         require(self.target_epsilon is None or self.target_epsilon > 0,
                 f"--target_epsilon must be > 0, got {self.target_epsilon}")
+        require(self.accountant in accounting.ACCOUNTANTS,
+                f"--accountant must be one of {', '.join(accounting.ACCOUNTANTS.names())}, got {self.accountant!r}")
+        require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         require(self.train.expected_batch_size == self.batch_size,
                 "train.expected_batch_size must equal batch_size (use RunConfig.make)")
+        dp = self.train.dp
+        # tensorflow-privacy's optimizers divide the noisy sum by the realised batch size, a
+        # count over private data under Poisson sampling (and an empty batch crashes them).
+        require(not (dp.enabled and dp.path == "tf_privacy" and self.sampling == "poisson"),
+                "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
+                "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
+        require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
+                "train.dp.insecure_noise_seed must be set exactly when insecure_reproducible_noise is "
+                "(use RunConfig.make)")
+
+    @property
+    def insecure_seed(self) -> Optional[int]:
+        """The seed that replays noise and sampling, or ``None`` (secret, the default)."""
+        return self.seed if self.insecure_reproducible_noise else None
 
     @classmethod
     def make(cls, train: TrainConfig = TrainConfig(), batch_size: int = 250, **kwargs) -> "RunConfig":
-        """Builds a config whose train step normalizes by ``batch_size``."""
-        return cls(train=dataclasses.replace(train, expected_batch_size=batch_size),
+        """Builds a config whose train step normalizes by ``batch_size`` and whose noise
+        seed follows ``insecure_reproducible_noise``."""
+        insecure = kwargs.get("insecure_reproducible_noise", False) and train.dp.enabled
+        dp = dataclasses.replace(train.dp, insecure_noise_seed=kwargs.get("seed", 0) if insecure else None)
+        return cls(train=dataclasses.replace(train, expected_batch_size=batch_size, dp=dp),
                    batch_size=batch_size, **kwargs)
 
 
@@ -91,7 +117,8 @@ def accounting_spec(cfg: RunConfig, num_examples: int) -> accounting.AccountingS
     """The accounting spec of what :func:`run` does with ``num_examples`` private examples."""
     return accounting.AccountingSpec(
         num_examples=num_examples, batch_size=cfg.batch_size, epochs=cfg.epochs,
-        noise_multiplier=cfg.train.dp.noise_multiplier, delta=cfg.delta, sampling=cfg.sampling)
+        noise_multiplier=cfg.train.dp.noise_multiplier, delta=cfg.delta, sampling=cfg.sampling,
+        accountant=cfg.accountant)
 
 
 def resolve_noise(cfg: RunConfig, num_examples: int) -> RunConfig:
@@ -129,7 +156,8 @@ def default_run_name(cfg: RunConfig) -> str:
     parts = [cfg.data.dataset, cfg.model.name, cfg.model.norm,
              f"dp-sigma{cfg.train.dp.noise_multiplier:g}" if cfg.train.dp.enabled else "nodp",
              cfg.train.attack.name if cfg.train.robust else "clean",
-             datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]
+             datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
+             secrets.token_hex(3)]  # two runs started in the same second must not collide
     return "-".join(parts)
 
 
@@ -144,36 +172,100 @@ def evaluate_net(net: tf.keras.Model, test: data.ImageData, attack: Optional[att
     return out
 
 
+def unprotected_examples(cfg: RunConfig) -> str:
+    """The clause naming examples the DP guarantee does not cover ('' if none)."""
+    if cfg.data.public_from_private and cfg.data.public_examples > 0 and cfg.model.norm == "public_bn":
+        return (f"the {cfg.data.public_examples} images set aside from the private pool as public "
+                "normalization data (--public_from_private)")
+    return ""
+
+
+def guarantee(cfg: RunConfig, spec: Optional[accounting.AccountingSpec]) -> str:
+    """The guarantee statement of a run (or why there is none)."""
+    if not cfg.train.dp.enabled:
+        return "no differential privacy (--nodp)"
+    if cfg.insecure_reproducible_noise:
+        return randomness.INSECURE_WARNING
+    return accounting.guarantee_statement(spec, unprotected_examples(cfg))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What :func:`train` returns: the trainer, Keras history, steps taken, sampler, time."""
+
+    trainer: train_step.PrivateRobustModel
+    history: tf.keras.callbacks.History
+    steps: int
+    sampler: sampling.BatchSampler
+    seconds: float
+
+
+def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
+          spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print) -> Trained:
+    """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
+
+    Batches come from the run's sampler, drawn from a secret generator; after the
+    network is initialized, TensorFlow's global RNG is reseeded from OS entropy too, so
+    nothing during training can be replayed from ``cfg.seed`` (unless the run is marked
+    insecure). Used by :func:`run` and by every tuning trial, so each gets fresh noise.
+
+    Raises:
+        RuntimeError: if the optimizer's step count differs from the sampler's plan (the
+            accountant must compose the steps that actually ran).
+    """
+    tf.keras.utils.set_random_seed(cfg.seed)
+    trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:])
+    randomness.reseed_global(cfg.insecure_seed)
+    sampler = sampling.make_sampler(cfg.sampling, len(private), cfg.batch_size)
+    # A generator of its own (split off), so sampling and noise never share a stream.
+    generator = randomness.noise_generator(cfg.insecure_seed).split(1)[0]
+    dataset = sampler.dataset(private.x, private.y, generator)
+    dp = cfg.train.dp
+    log(f"training {cfg.model.name} ({cfg.model.norm}) on {len(private)} private examples: {cfg.epochs} "
+        f"epoch(s) x {sampler.steps_per_epoch} steps, {cfg.sampling} batches of {cfg.batch_size}, "
+        + (f"DP-SGD sigma={dp.noise_multiplier:.4g} C={dp.l2_clip:g} ({dp.path} path)" if dp.enabled else "no DP")
+        + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
+           f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
+    start = time.time()
+    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose)
+    seconds = time.time() - start
+    steps = int(trainer.optimizer.iterations.numpy())
+    planned = cfg.epochs * sampler.steps_per_epoch
+    if steps != planned:
+        raise RuntimeError(f"the optimizer took {steps} steps but the sampler planned {planned}; "
+                           "refusing to report an epsilon for steps that did not run as accounted")
+    return Trained(trainer, history, steps, sampler, seconds)
+
+
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Trains, evaluates and exports; returns the results dictionary (also written to JSON).
 
     The results hold epsilon (and per-epoch epsilons), the guarantee statement, clean and
-    robust test accuracy, the data provenance, all settings and package versions.
+    robust test accuracy, the data provenance, all settings and package versions. They
+    hold no statistic of the private training batches (loss and accuracy on them are shown
+    live in the progress bar only: epsilon does not cover them).
     """
+    # --seed fixes data roles and initialization; noise and sampling stay secret.
     tf.keras.utils.set_random_seed(cfg.seed)
     experiment = data.load_experiment_data(cfg.data, log=log)
     n = len(experiment.train)
     cfg = resolve_noise(cfg, n)
     dp = cfg.train.dp
     spec = accounting_spec(cfg, n) if dp.enabled else None
-    trainer = build_trainer(cfg, experiment.public, input_shape=experiment.train.x.shape[1:])
-    dataset, steps_per_epoch = data.train_batches(experiment.train, cfg.batch_size, cfg.sampling, cfg.seed)
-    log(f"training {cfg.model.name} ({cfg.model.norm}) on {n} private examples: {cfg.epochs} epoch(s) x "
-        f"{steps_per_epoch} steps, {cfg.sampling} batches of {cfg.batch_size}, "
-        + (f"DP-SGD sigma={dp.noise_multiplier:.4g} C={dp.l2_clip:g} ({dp.path} path)" if dp.enabled else "no DP")
-        + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
-           f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
-    start = time.time()
-    history = train_step.fit(trainer, dataset, steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose)
-    train_seconds = time.time() - start
-    steps = int(trainer.optimizer.iterations.numpy())
+    if cfg.insecure_reproducible_noise and dp.enabled:
+        log(randomness.INSECURE_WARNING)
+    trained = train(cfg, experiment.train, experiment.public, spec, log)
+    trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
     metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log)
+    final_spec = spec.replace(steps=steps) if dp.enabled else None
+    private = dp.enabled and not cfg.insecure_reproducible_noise
 
     result: Dict[str, Any] = {
         "dataset": cfg.data.dataset,
         "model": dataclasses.asdict(cfg.model),
         "data": experiment.describe(),
         "data_notes": list(experiment.notes),
+        "data_config": dataclasses.asdict(cfg.data),
         "num_train_examples": n,
         "num_test_examples": len(experiment.test),
         "epochs": cfg.epochs,
@@ -181,22 +273,26 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "batch_size": cfg.batch_size,
         "sampling": cfg.sampling,
         "dp": dp.enabled,
+        "private": private,
+        "insecure_reproducible_noise": cfg.insecure_reproducible_noise,
         "dp_path": dp.path if dp.enabled else None,
         "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0,
         "l2_clip": dp.l2_clip if dp.enabled else None,
         "delta": cfg.delta if dp.enabled else None,
+        "accountant": cfg.accountant if dp.enabled else None,
+        "adjacency": sampler.adjacency if dp.enabled else None,
         "target_epsilon": cfg.target_epsilon,
-        "epsilon": accounting.epsilon(spec.replace(steps=steps)) if dp.enabled else math.inf,
-        "epsilon_per_epoch": history.history.get("epsilon", []),
-        "guarantee": (accounting.guarantee_statement(spec.replace(steps=steps)) if dp.enabled
-                      else "no differential privacy"),
+        # A run without a guarantee gets no epsilon at all (null in JSON), not a number.
+        "epsilon": accounting.epsilon(final_spec) if private else None,
+        "epsilon_per_epoch": history.history.get("epsilon", []) if private else [],
+        "guarantee": guarantee(cfg, final_spec),
+        "unprotected": unprotected_examples(cfg) or None,
         "optimizer": cfg.train.optimizer,
         "learning_rate": cfg.train.learning_rate,
         "train_attack": dataclasses.asdict(cfg.train.attack) if cfg.train.robust else None,
         "adv_weight": cfg.train.adv_weight if cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(cfg.eval_attack) if cfg.eval_attack else None,
-        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-        "train_seconds": train_seconds,
+        "train_seconds": trained.seconds,
         "seed": cfg.seed,
         "versions": package_versions(),
         **metrics,
@@ -219,9 +315,10 @@ def summary(result: Dict[str, Any]) -> str:
         atk = result["eval_attack"]
         lines.append(f"robust accuracy     : {result['robust_accuracy']:.4f}  "
                      f"({atk['name']}, eps={atk['eps']:g}, {atk['steps']} steps)")
-    if result["dp"]:
+    if result["private"]:
         lines.append(f"epsilon             : {result['epsilon']:.4g} at delta={result['delta']:g} "
-                     f"(sigma={result['noise_multiplier']:.4g}, {result['steps']} steps, {result['sampling']} sampling)")
+                     f"(sigma={result['noise_multiplier']:.4g}, {result['steps']} steps, {result['sampling']} "
+                     f"sampling, {result['adjacency']} adjacency, {result['accountant'].upper()})")
     lines.append(f"guarantee           : {result['guarantee']}")
     if "export_path" in result:
         lines.append(f"SavedModel          : {result['export_path']}")

@@ -358,18 +358,14 @@ def train_and_validate(cfg: TuneConfig, run_cfg, sd: SearchData) -> Tuple[Any, D
     Returns:
         ``(net, record)`` where ``record`` has R, eta, epsilon, accuracies, steps, time.
     """
-    import tensorflow as tf
+    from tfdprobust import train_step, training
 
-    from tfdprobust import data, train_step, training
-
-    tf.keras.utils.set_random_seed(run_cfg.seed)
     n = len(sd.train)
     spec = training.accounting_spec(run_cfg, n) if run_cfg.train.dp.enabled else None
-    trainer = training.build_trainer(run_cfg, sd.public, input_shape=sd.train.x.shape[1:])
-    dataset, steps_per_epoch = data.train_batches(sd.train, run_cfg.batch_size, run_cfg.sampling, run_cfg.seed)
     start = time.time()
-    train_step.fit(trainer, dataset, steps_per_epoch, run_cfg.epochs, spec, verbose=run_cfg.verbose)
-    steps = int(trainer.optimizer.iterations.numpy())
+    # training.train draws fresh secret noise and batches for every trial.
+    trained = training.train(run_cfg, sd.train, sd.public, spec, log=lambda message: None)
+    trainer, steps = trained.trainer, trained.steps
     natural = train_step.accuracy(trainer.net, sd.validation.x, sd.validation.y)
     robust = (train_step.accuracy(trainer.net, sd.validation.x, sd.validation.y, cfg.val_attack)
               if cfg.val_attack is not None else float("nan"))

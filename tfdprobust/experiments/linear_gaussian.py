@@ -39,7 +39,10 @@ flags.DEFINE_float("lr", 8.0, "learning rate eta", flag_values=FLAGS)
 flags.DEFINE_float("epochs", 50.0, "epochs", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 1000, "expected (Poisson) batch size", flag_values=FLAGS)
 flags.DEFINE_integer("n", 10000, "number of training examples", flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "seed for data, batches and noise", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "seed of the synthetic data (and of batches and noise only with "
+                     "--insecure_reproducible_noise)", flag_values=FLAGS)
+flags.DEFINE_boolean("insecure_reproducible_noise", False, "replay DP noise and Poisson batches from --seed; "
+                     "the run then has NO DP guarantee", flag_values=FLAGS)
 flags.DEFINE_float("b_init", 0.0, "initial intercept", flag_values=FLAGS)
 flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "attack norm (l2: Corollary 3.2)", flag_values=FLAGS)
 flags.DEFINE_list(
@@ -107,7 +110,7 @@ def run(F) -> dict:
     require(all(c > 0 for c in sweep_clips), "--sweep_clips must all be > 0")
     base = lg.DPTrainConfig(
         clip=F.clip, noise_multiplier=0.0, lr=F.lr, epochs=F.epochs, batch_size=F.batch_size,
-        b_init=F.b_init, seed=F.seed,
+        b_init=F.b_init, seed=F.seed, insecure_reproducible_noise=F.insecure_reproducible_noise,
     )
     os.makedirs(F.out, exist_ok=True)
     t0 = time.time()

@@ -22,7 +22,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist", "Private dataset (TFDS name or raw files in --data_dir).")
 flags.DEFINE_string("data_dir", None, "Folder with raw MNIST IDX .gz / KMNIST .npz files (e.g. ../shared/data).")
 flags.DEFINE_string("tfds_dir", None, "TensorFlow Datasets data dir.")
-flags.DEFINE_string("public_dataset", "kmnist", "Dataset the public normalization batch comes from.")
+flags.DEFINE_string("public_dataset", "kmnist", "Public dataset the normalization batch comes from (never the private "
+                    "one): kmnist, mnist, fashion_mnist, cifar10 or sklearn_digits (bundled with scikit-learn; "
+                    "the fallback when the chosen one is not available).")
+flags.DEFINE_boolean("public_from_private", False, "Set the public normalization images aside from the private "
+                     "training pool instead; the DP guarantee then does NOT cover them (the output says so).")
 flags.DEFINE_integer("public_examples", 128, "Size of the public normalization batch.")
 flags.DEFINE_integer("max_train", 0, "Use at most this many training examples (0 = all).")
 flags.DEFINE_integer("max_test", 0, "Evaluate on at most this many test examples (0 = all).")
@@ -43,7 +47,9 @@ flags.DEFINE_float("l2_clip", 0.1, "Per-example gradient clipping norm C (small 
 flags.DEFINE_float("noise", 7.1, "Noise multiplier sigma (noise std = sigma * C).")
 flags.DEFINE_float("delta", 1e-5, "Target delta; must be < 1/N.")
 flags.DEFINE_float("target_epsilon", None, "Calibrate sigma to this epsilon (overrides --noise).")
-flags.DEFINE_string("sampling", "poisson", "Batches: poisson (amplified guarantee) or shuffle.")
+flags.DEFINE_string("sampling", "poisson", "Batches: poisson (add-or-remove-one, amplified guarantee) or shuffle "
+                    "(replace-one adjacency, no amplification).")
+flags.DEFINE_string("accountant", "rdp", "Privacy accountant (dp_accounting): rdp or pld (tighter).")
 # Adversarial training
 flags.DEFINE_string("attack", "pgd_linf", "Training attack: none, pgd_linf or pgd_l2.")
 flags.DEFINE_float("eps", 0.1, "Attack radius (pixel scale [0, 1]).")
@@ -56,7 +62,10 @@ flags.DEFINE_integer("eval_steps", 40, "PGD iterations for the reported robust a
 flags.DEFINE_integer("eval_restarts", 1, "PGD random restarts for the reported robust accuracy.")
 flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModel and results JSON go.")
 flags.DEFINE_string("run_name", None, "Export folder name (default: derived from the settings).")
-flags.DEFINE_integer("seed", 0, "Seed for initialization, sampling, attacks and noise.")
+flags.DEFINE_integer("seed", 0, "Seed of initialization, data splits and attack starts. DP noise and batch "
+                     "sampling never use it: they come from OS entropy, fresh every run.")
+flags.DEFINE_boolean("insecure_reproducible_noise", False, "Replay DP noise and batch sampling from --seed. "
+                     "INSECURE: the run then has no DP guarantee, and its output and metadata say so.")
 flags.DEFINE_integer("verbose", 1, "1 = progress bars, 0 = quiet.")
 
 ATTACK_CHOICES = ("none", "pgd_linf", "pgd_l2")
@@ -96,10 +105,12 @@ def config_from_flags():
         train=train, batch_size=FLAGS.batch_size,
         data=DataConfig(dataset=FLAGS.dataset, public_dataset=FLAGS.public_dataset,
                         public_examples=FLAGS.public_examples if FLAGS.norm == "public_bn" else 0,
+                        public_from_private=FLAGS.public_from_private,
                         data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, max_train=FLAGS.max_train,
                         max_test=FLAGS.max_test, seed=FLAGS.seed),
         model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation),
-        epochs=FLAGS.epochs, sampling=FLAGS.sampling, delta=FLAGS.delta,
+        epochs=FLAGS.epochs, sampling=FLAGS.sampling, delta=FLAGS.delta, accountant=FLAGS.accountant,
+        insecure_reproducible_noise=FLAGS.insecure_reproducible_noise,
         target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, export_dir=FLAGS.export_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose)
 

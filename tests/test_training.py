@@ -1,0 +1,77 @@
+"""One run end to end, as a library call: secret noise per run, honest accounting."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tfdprobust import data, training
+from tfdprobust.errors import UsageError
+from tfdprobust.models import ModelConfig
+from tfdprobust.train_step import DPConfig, TrainConfig
+
+
+def _cfg(**kwargs):
+    train = TrainConfig(attack=None, learning_rate=1.0, dp=DPConfig(l2_clip=1.0, noise_multiplier=100.0))
+    return training.RunConfig.make(train=train, batch_size=kwargs.pop("batch_size", 32),
+                                   model=ModelConfig(norm="group"), export_dir=None, verbose=0, **kwargs)
+
+
+@pytest.fixture
+def tiny_private(tiny_images):
+    x, y, _ = tiny_images
+    return data.ImageData(x, y, "toy", "32 random images")
+
+
+def _update(cfg, private):
+    """The weight change of one full-batch DP step (q = 1: every example, every step)."""
+    trained = training.train(cfg, private, None, training.accounting_spec(cfg, len(private)),
+                             log=lambda message: None)
+    init = training.build_trainer(cfg, None, input_shape=private.x.shape[1:]).net
+    return np.concatenate([(a - b).numpy().ravel()
+                           for a, b in zip(trained.trainer.net.trainable_variables, init.trainable_variables)])
+
+
+def test_two_trials_with_the_same_seed_get_uncorrelated_noise(tiny_private):
+    """What a tuner does: same data, same --seed, C = 0.1 vs C = 1. The old code reused one
+    noise draw, so one update was 10x the other; subtracting them cancelled the noise."""
+    cfg = _cfg()
+    small = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, dp=dataclasses.replace(cfg.train.dp, l2_clip=0.1)))
+    a, b = _update(small, tiny_private), _update(cfg, tiny_private)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
+
+
+def test_insecure_flag_replays_the_noise_and_says_so(tiny_private):
+    cfg = _cfg(insecure_reproducible_noise=True)
+    np.testing.assert_array_equal(_update(cfg, tiny_private), _update(cfg, tiny_private))
+    assert "NOT PRIVATE" in training.guarantee(cfg, None)
+
+
+def test_steps_taken_equal_the_steps_accounted(tiny_private):
+    cfg = _cfg(batch_size=8, epochs=2)
+    spec = training.accounting_spec(cfg, len(tiny_private))
+    trained = training.train(cfg, tiny_private, None, spec, log=lambda message: None)
+    assert trained.steps == spec.total_steps == 2 * trained.sampler.steps_per_epoch == 8
+    assert int(trained.trainer.optimizer.iterations.numpy()) == trained.steps
+
+
+def test_tf_privacy_with_poisson_sampling_is_refused():
+    train = TrainConfig(dp=DPConfig(path="tf_privacy"))
+    with pytest.raises(UsageError, match="--dp_path=tf_privacy .*--sampling=shuffle"):
+        training.RunConfig.make(train=train, sampling="poisson")
+    training.RunConfig.make(train=train, sampling="shuffle")  # accepted: fixed batch sizes
+
+
+def test_unprotected_public_examples_are_named_in_the_guarantee():
+    cfg = training.RunConfig.make(data=data.DataConfig(public_from_private=True, public_examples=64))
+    statement = training.guarantee(cfg, training.accounting_spec(cfg, 5000))
+    assert "NOT covered: the 64 images set aside from the private pool" in statement
+    assert "NOT covered" not in training.guarantee(training.RunConfig.make(),
+                                                   training.accounting_spec(training.RunConfig.make(), 5000))
+
+
+@pytest.mark.parametrize("kwargs,flag", [(dict(seed=-1), "--seed"), (dict(accountant="gdp"), "--accountant")])
+def test_bad_run_config_names_the_flag(kwargs, flag):
+    with pytest.raises(UsageError, match=flag):
+        training.RunConfig.make(**kwargs)
