@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tfdprobust import cli, data
+from tfdprobust import accounting, cli, data
 from tfdprobust.experiments import mnist
 
 TINY = ["--max_train=300", "--max_test=100", "--batch_size=100", "--steps=2", "--eval_steps=3",
@@ -39,6 +39,9 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     # nothing computed on private training batches is published (epsilon does not cover it)
     assert not _private_batch_keys(meta) and not _private_batch_keys(results)
     assert meta["private"] is True and meta["adjacency"] == "add-or-remove-one"
+    # the accountant composed exactly the steps the optimizer took: 1 epoch of ceil(300/100)
+    spec = accounting.AccountingSpec(300, 100, 1, 7.1, 1e-5, "poisson")
+    assert meta["steps"] == spec.total_steps == 3 and meta["epsilon"] == pytest.approx(accounting.epsilon(spec))
     assert "add-or-remove-one adjacency" in meta["guarantee"] and "OS entropy" in meta["guarantee"]
     assert meta["data_config"]["public_dataset"] == "kmnist" and "scikit-learn" in meta["data"]["public"]
 

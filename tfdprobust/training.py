@@ -322,6 +322,12 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     return result
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (portable logs)."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def summary(result: Dict[str, Any]) -> str:
     """The short human-readable summary the CLI prints."""
     lines = [
@@ -337,6 +343,6 @@ def summary(result: Dict[str, Any]) -> str:
                      f"sampling, {result['adjacency']} adjacency, {result['accountant'].upper()})")
     lines.append(f"guarantee           : {result['guarantee']}")
     if "export_path" in result:
-        lines.append(f"SavedModel          : {result['export_path']}")
-        lines.append(f"results JSON        : {result['results_path']}")
+        lines.append(f"SavedModel          : {_shown(result['export_path'])}")
+        lines.append(f"results JSON        : {_shown(result['results_path'])}")
     return "\n".join(lines)

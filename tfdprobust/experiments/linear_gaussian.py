@@ -54,7 +54,10 @@ flags.DEFINE_list(
     "noise multipliers sigma_DP for the sweep (R fixed at --clip)", flag_values=FLAGS,
 )
 flags.DEFINE_boolean("sweeps", True, "run the R and sigma_DP sweeps", flag_values=FLAGS)
-flags.DEFINE_string("out", "experiments/linear_gaussian", "output directory", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output directory (default: a fresh reports/linear_gaussian-<time> folder; "
+                    "regenerating the recorded result is --out=experiments/linear_gaussian --overwrite)",
+                    flag_values=FLAGS)
+flags.DEFINE_boolean("overwrite", False, "allow writing into an existing --out folder", flag_values=FLAGS)
 
 
 def _floats(name, values):
@@ -113,6 +116,9 @@ def run(F) -> dict:
         b_init=F.b_init, seed=F.seed, insecure_reproducible_noise=F.insecure_reproducible_noise,
     )
     os.makedirs(F.out, exist_ok=True)
+    if F.insecure_reproducible_noise:
+        print("NOT PRIVATE: --insecure_reproducible_noise replays the DP noise and batches from --seed; "
+              "the epsilon below describes the mechanism, not a guarantee of this run")
     t0 = time.time()
 
     sigma_dp, spec = lg.calibrated_noise(F.epsilon, F.delta, F.n, base)
@@ -415,10 +421,25 @@ def _report(res):
     return "\n".join(lines)
 
 
+def _resolve_out(F) -> None:
+    """A fresh folder by default; an existing non-empty one only with --overwrite."""
+    if F.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        F.out = os.path.join("reports", f"linear_gaussian-{stamp}-{os.urandom(3).hex()}")
+    require(F.overwrite or not (os.path.isdir(F.out) and os.listdir(F.out)),
+            f"--out={F.out} exists and is not empty; pass --overwrite to regenerate it, or choose another --out")
+    require(not os.path.exists(F.out) or os.path.isdir(F.out), f"--out={F.out} is a file; choose a folder")
+
+
 def main(argv=None) -> int:
     argv = sys.argv if argv is None else argv
+    if any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
     try:
         FLAGS(argv)
+        _resolve_out(FLAGS)
         res = run(FLAGS)
     except flags.Error as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
