@@ -160,13 +160,16 @@ def test_noise_is_calibrated_and_goes_through_privatize(small_data):
     sigma, spec = lg.calibrated_noise(4.0, 1e-4, len(y), cfg)
     assert spec.sampling == "poisson" and spec.total_steps == cfg.steps(len(y))
     assert accounting.epsilon(spec) <= 4.0
-    clean = lg.train_intercept(x, y, cfg)
-    noisy = lg.train_intercept(x, y, cfg.replace(noise_multiplier=sigma))
-    again = lg.train_intercept(x, y, cfg.replace(noise_multiplier=sigma))
-    assert noisy["b"] == again["b"]  # seeded: reproducible
-    assert noisy["b"] != clean["b"]  # the noise is really added
+    insecure = cfg.replace(insecure_reproducible_noise=True)
+    clean = lg.train_intercept(x, y, insecure)
+    noisy = lg.train_intercept(x, y, insecure.replace(noise_multiplier=sigma))
+    again = lg.train_intercept(x, y, insecure.replace(noise_multiplier=sigma))
+    assert noisy["b"] == again["b"]  # insecure seed: reproducible
+    assert noisy["b"] != clean["b"]  # the noise is really added (same masks, same seed)
     # Per-step noise std on b is lr * sigma * R / B; over the run it stays small.
     assert abs(noisy["b"] - clean["b"]) < 0.1
+    secret = [lg.train_intercept(x, y, cfg.replace(noise_multiplier=sigma))["b"] for _ in range(2)]
+    assert secret[0] != secret[1]  # default: fresh OS-entropy masks and noise every run
 
 
 # --------------------------------------------------------------------------- CLI
