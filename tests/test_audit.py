@@ -161,6 +161,17 @@ def test_attacks_on_identically_distributed_outputs_are_near_chance():
         assert abs(a["auc"] - 0.5) < 0.05 and a["bound"]["epsilon_lower_bound"] < 0.5
 
 
+def test_loss_is_exact_and_keeps_memorized_examples_apart():
+    logits = np.array([[50.0, 0.0, 0.0], [60.0, 0.0, 0.0], [0.0, 1.0, 2.0]])
+    labels = np.array([0, 0, 2])
+    loss = mia.per_example_loss(logits, labels)
+    naive = -mia.log_softmax(logits)[np.arange(3), labels]
+    assert loss[2] == pytest.approx(naive[2])
+    assert naive[0] == naive[1] == 0.0  # float64 rounds both losses to 0 ...
+    assert 0 < loss[1] < loss[0] and loss[0] == pytest.approx(2 * math.exp(-50))  # ... these do not
+    assert mia.features(logits, labels)[0, 0] > mia.features(logits, labels)[2, 0]
+
+
 def test_features_are_finite_for_saturated_logits():
     logits = np.array([[1e4, 0.0, -1e4], [0.0, 0.0, 0.0]])
     x = mia.features(logits, np.array([2, 1]))
@@ -302,3 +313,28 @@ def test_cli_end_to_end(exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for needle in ("loss threshold", "trained attacker", "AUC", "implied eps", "dp: consistent", "does NOT certify"):
         assert needle in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_training_records_the_members_the_audit_uses(exported, tmp_path):
+    # training.run stores its DataConfig; the audit rebuilds exactly that training split.
+    from tfdprobust import data, training
+    from tfdprobust.data import DataConfig
+    from tfdprobust.models import ModelConfig
+    from tfdprobust.train_step import DPConfig, TrainConfig
+
+    root, _, _ = exported
+    data_cfg = DataConfig(dataset="mnist", data_dir=str(root / "data"), public_examples=0, max_train=40, seed=3)
+    cfg = training.RunConfig.make(
+        train=TrainConfig(learning_rate=0.1, dp=DPConfig(enabled=False), attack=None), batch_size=20,
+        data=data_cfg, model=ModelConfig(name="lenet", norm="none"), epochs=2, eval_attack=None,
+        export_dir=str(tmp_path), run_name="m", verbose=0)
+    result = training.run(cfg, log=lambda m: None)
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    rebuilt, how = audit.resolve_data_config(meta, result["export_path"])
+    assert rebuilt == data_cfg and how == "recorded data_config"
+    x, y, member, _, _ = audit.membership_data(rebuilt, log=lambda m: None)
+    train = data.load_experiment_data(data_cfg, log=lambda m: None).train
+    np.testing.assert_array_equal(x[member], train.x)
+    payload = audit.run_audit([result["export_path"]], ["m"], None, audit.AuditConfig(folds=3), log=lambda m: None)
+    assert payload["models"][0]["verdict"].startswith("no DP claim")

@@ -4,7 +4,8 @@ Two attacks, both scoring "how much does this example look like a training membe
 
 * ``loss_threshold``: the score is minus the cross-entropy loss of the true label
   (Yeom, Giacomelli, Fredrikson & Jha, "Privacy risk in machine learning: analyzing the
-  connection to overfitting"). Nothing is fitted, so its ROC on all examples is honest.
+  connection to overfitting"), computed as a monotone transform that does not underflow
+  (:func:`log_odds_others`). Nothing is fitted, so its ROC on all examples is honest.
 * ``trained``: a scikit-learn classifier (logistic regression, or gradient boosting) on
   loss / margin / sorted-softmax features, in the spirit of the threshold and
   logistic-regression attacks of tensorflow-privacy's ``membership_inference_attack``
@@ -24,7 +25,7 @@ from tfdprobust.audit import bounds
 
 ATTACKERS = ("logreg", "gboost")
 LOW_FPRS = (0.001, 0.01, 0.1)
-FEATURE_NAMES = ("neg_loss", "log_loss", "margin", "log_p1", "log_p2", "log_p3", "entropy")
+FEATURE_NAMES = ("neg_log_odds", "loss", "margin", "log_p1", "log_p2", "log_p3", "entropy")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,20 +35,39 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def log_odds_others(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """log(sum_{j != y} exp(z_j - z_y)) = -log(p_y / (1 - p_y)), per example.
+
+    The cross-entropy loss is softplus of this, so ranking by it is ranking by the loss,
+    but it does not underflow: a memorized member's loss is often below 1e-16 and rounds to
+    exactly 0 in float64, which would tie all confident members with confident
+    non-members. (Carlini et al., "Membership inference attacks from first principles",
+    use the same logit-scaled confidence for the same reason.)
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    idx = np.arange(len(labels))
+    d = z - z[idx, labels][:, None]
+    d[idx, labels] = -np.inf
+    top = d.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(d - top).sum(axis=1))
+
+
 def per_example_loss(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cross-entropy of the true label, per example."""
-    return -log_softmax(logits)[np.arange(len(labels)), labels]
+    """Cross-entropy of the true label, per example: softplus of :func:`log_odds_others`."""
+    return np.logaddexp(0.0, log_odds_others(logits, labels))
 
 
 def features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Attack features per example (columns: :data:`FEATURE_NAMES`).
 
-    The loss appears raw and as a log because members' losses sit orders of magnitude below
-    non-members' near zero, which a linear attacker only sees on a log scale.
+    ``neg_log_odds`` (minus :func:`log_odds_others`) orders examples exactly like minus the
+    loss; the loss also appears raw, because the two scales separate different regions
+    (confident members vs misclassified non-members) for a linear attacker.
     """
     logp = log_softmax(logits)
     idx = np.arange(len(labels))
-    loss = -logp[idx, labels]
+    log_odds = log_odds_others(logits, labels)
+    loss = np.logaddexp(0.0, log_odds)
     z = np.asarray(logits, dtype=np.float64)
     others = z.copy()
     others[idx, labels] = -np.inf
@@ -57,7 +77,7 @@ def features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         top = np.pad(top, ((0, 0), (0, 3 - top.shape[1])), constant_values=-50.0)
     entropy = -(np.exp(logp) * logp).sum(axis=1)
     # Clip log-probabilities: exp underflow gives -inf, which no attacker can use.
-    return np.column_stack([-loss, np.log(loss + 1e-12), margin, np.maximum(top, -50.0), entropy])
+    return np.column_stack([-log_odds, loss, margin, np.maximum(top, -50.0), entropy])
 
 
 def make_attacker(name: str, seed: int):
@@ -136,12 +156,12 @@ def run_attacks(logits: np.ndarray, labels: np.ndarray, is_member: np.ndarray, d
     sel, ev = bounds.halves(is_member, seed)
     out: Dict[str, Dict] = {}
 
-    neg_loss = x[:, 0]
-    loss_result = roc_summary(neg_loss, is_member)
-    loss_result["bound"] = bounds.split_bound(neg_loss[sel], is_member[sel], neg_loss[ev], is_member[ev],
+    score = x[:, 0]  # minus the loss, on a scale that keeps tiny losses apart
+    loss_result = roc_summary(score, is_member)
+    loss_result["bound"] = bounds.split_bound(score[sel], is_member[sel], score[ev], is_member[ev],
                                               delta, alpha).to_dict()
-    loss_result["mean_loss_members"] = float(-neg_loss[is_member].mean())
-    loss_result["mean_loss_nonmembers"] = float(-neg_loss[~is_member].mean())
+    loss_result["mean_loss_members"] = float(x[is_member, 1].mean())
+    loss_result["mean_loss_nonmembers"] = float(x[~is_member, 1].mean())
     out["loss_threshold"] = loss_result
 
     trained = roc_summary(out_of_fold_scores(x, is_member, attacker, folds, seed), is_member)
