@@ -236,6 +236,8 @@ def test_verdict_flags_a_violated_claim():
     assert audit.verdict(0.5, 1.0, 1e-5, 1e-5).startswith("consistent")
     assert audit.verdict(0.5, 1.0, 1e-5, 1e-6).startswith("not comparable")
     assert audit.verdict(0.5, None, None, 1e-5).startswith("no DP claim")
+    assert "could not refute" in audit.verdict(0.5, 8.0, 1e-5, 1e-5, certifiable=4.0)
+    assert "could not refute" not in audit.verdict(0.5, 1.0, 1e-5, 1e-5, certifiable=4.0)
 
 
 def test_strict_json_has_no_nan_or_infinity():

@@ -185,7 +185,9 @@ def _claim(meta: Dict) -> Tuple[Optional[float], Optional[float], str]:
     return None, None, meta.get("guarantee") or "no differential privacy recorded"
 
 
-def verdict(implied: float, claimed_eps: Optional[float], claimed_delta: Optional[float], delta: float) -> str:
+def verdict(implied: float, claimed_eps: Optional[float], claimed_delta: Optional[float], delta: float,
+            certifiable: float = math.inf) -> str:
+    """One line: does the audit refute, fail to refute, or not apply to the model's claim?"""
     if claimed_eps is None:
         return f"no DP claim; the attacks show eps >= {implied:.3f} at delta={delta:g}"
     if claimed_delta is not None and delta < claimed_delta:
@@ -193,7 +195,13 @@ def verdict(implied: float, claimed_eps: Optional[float], claimed_delta: Optiona
                 "rerun with the model's delta")
     if implied > claimed_eps:
         return f"VIOLATION: implied eps >= {implied:.3f} exceeds the claimed eps = {claimed_eps:.3f}"
-    return f"consistent: implied eps >= {implied:.3f} <= claimed eps = {claimed_eps:.3f} (not a certificate)"
+    line = f"consistent: implied eps >= {implied:.3f} <= claimed eps = {claimed_eps:.3f} (not a certificate)"
+    if certifiable < claimed_eps:
+        # Say so when the check could not have failed: even a perfect attacker could not
+        # certify the claimed eps with this many evaluation examples.
+        line += (f"; with these sample sizes no attack could certify more than {certifiable:.2f}, "
+                 f"so this audit could not refute eps = {claimed_eps:.3f}")
+    return line
 
 
 def predict_logits(model_fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -259,11 +267,12 @@ def run_audit(model_paths: Sequence[str], names: Optional[Sequence[str]] = None,
         delta = cfg.delta if cfg.delta is not None else (claimed_delta or DEFAULT_DELTA)
         r = audit_logits(logits, y, is_member, delta, cfg)
         r.update({
-            "name": t.name, "path": os.path.abspath(t.path), "claimed_epsilon": claimed_eps,
+            "name": t.name, "path": t.path, "claimed_epsilon": claimed_eps,
             "claimed_delta": claimed_delta, "guarantee": guarantee,
             "members_source": members, "nonmembers_source": nonmembers, "data_config_source": t.data_how,
             "data_config": dataclasses.asdict(t.data_config),
-            "verdict": verdict(r["implied_epsilon"], claimed_eps, claimed_delta, delta),
+            "verdict": verdict(r["implied_epsilon"], claimed_eps, claimed_delta, delta,
+                               r["max_certifiable_epsilon"]),
         })
         log(f"[{t.name}] {r['verdict']}")
         results.append(r)

@@ -46,7 +46,7 @@ def _fmt(x, digits=3) -> str:
 def table_rows(results: Sequence[Dict]) -> List[List[str]]:
     """One row per (model, attack), shared by the printed table and report.md."""
     rows = [["model", "claimed eps", "attack", "AUC (95% CI)", "advantage", "TPR@1%FPR",
-             "implied eps >=", "members/non-members"]]
+             "implied eps >=", "max certifiable", "members/non-members"]]
     for r in results:
         for attack, a in r["attacks"].items():
             ci = a["auc_ci95"]
@@ -55,6 +55,7 @@ def table_rows(results: Sequence[Dict]) -> List[List[str]]:
                 ATTACK_LABELS.get(attack, attack),
                 f"{a['auc']:.3f} ({ci[0]:.3f}-{ci[1]:.3f})", f"{a['advantage']:.3f}",
                 f"{a['tpr_at_fpr']['0.01']:.3f}", f"{a['bound']['epsilon_lower_bound']:.3f}",
+                f"{r['max_certifiable_epsilon']:.3f}",
                 f"{r['num_members']}/{r['num_nonmembers']}"])
     return rows
 
@@ -152,6 +153,10 @@ def write_outputs(payload: Dict, out_dir: str) -> List[str]:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".tmp-", dir=parent)
     try:
+        # mkdtemp makes the folder private (0700); give the report ordinary permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         with open(os.path.join(tmp, AUDIT_FILE), "w") as f:
             json.dump(strict(payload), f, indent=1, allow_nan=False)
             f.write("\n")
