@@ -25,7 +25,7 @@ eps (sampling noise, and the best of many thresholds is an optimistic pick), so 
 
 Example:
     >>> round(epsilon_lower_bound(tp=100, n_pos=100, fp=0, n_neg=100, delta=0.0, alpha=0.1), 3)
-    3.49
+    3.493
 """
 
 import dataclasses
