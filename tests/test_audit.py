@@ -187,7 +187,7 @@ def _write_idx(path, array):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Raw MNIST-format files (80 train, 60 test images), an untrained LeNet export whose
+    """Raw MNIST-format files (120 train, 60 test images), an untrained LeNet export whose
     metadata records the data config and a (1.0, 1e-5)-DP claim, and an export without metadata."""
     from tfdprobust import export
     from tfdprobust.models import ModelConfig, build_model
@@ -196,7 +196,7 @@ def exported(tmp_path_factory):
     data_dir = root / "data" / "mnist"
     data_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 80), ("t10k", 60)):
+    for prefix, n in (("train", 120), ("t10k", 60)):
         _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     data_config = {"dataset": "mnist", "public_dataset": "kmnist", "public_examples": 0,
@@ -220,6 +220,7 @@ def test_run_audit_writes_strict_json_roc_and_report(exported):
     a, b = on_disk["models"]
     assert (a["name"], b["name"]) == ("a", "a'")
     assert a["num_members"] == a["num_nonmembers"] == 50  # max_train members, balanced non-members
+    assert "70 unused training examples" in a["nonmembers_source"]
     assert a["data_config_source"] == "recorded data_config" and a["claimed_epsilon"] == 1.0
     # Same model, same seeded examples: identical results.
     assert a["attacks"]["loss_threshold"]["auc"] == b["attacks"]["loss_threshold"]["auc"]
@@ -254,7 +255,8 @@ def _cli(*argv, cwd=REPO):
 def test_help_lists_the_flags():
     proc = _cli("--helpshort")
     text = proc.stdout + proc.stderr
-    for flag in ("--model", "--name", "--out", "--data_dir", "--dataset", "--delta", "--alpha", "--attacker"):
+    for flag in ("--model", "--name", "--out", "--data_dir", "--dataset", "--delta", "--alpha", "--attacker",
+                 "--nonmembers"):
         assert flag in text
 
 
@@ -279,10 +281,30 @@ def test_bad_input_names_the_flag_and_writes_nothing(exported, kwargs, needle):
 
 
 @pytest.mark.parametrize("field,value", [("alpha", 2.0), ("attacker", "svm"), ("folds", 1), ("delta", 0.0),
-                                         ("max_examples", 5)])
+                                         ("max_examples", 5), ("nonmembers", "val")])
 def test_bad_audit_config_names_the_flag(field, value):
     with pytest.raises(UsageError, match=f"--{field}"):
         audit.AuditConfig(**{field: value})
+
+
+def test_nonmembers_are_never_members(exported):
+    from tfdprobust.data import DataConfig
+
+    root, _, _ = exported
+    cfg = DataConfig(dataset="mnist", data_dir=str(root / "data"), public_examples=0, max_train=50)
+    quiet = lambda m: None
+    x, _, member, _, source = audit.membership_data(cfg, log=quiet)  # auto: the 70 unused training images
+    assert "unused training examples" in source and member.sum() == 50
+    flat = x.reshape(len(x), -1)
+    assert not (flat[member][:, None, :] == flat[~member][None, :, :]).all(axis=2).any()
+    x_test, _, member_test, _, source_test = audit.membership_data(cfg, nonmembers="test", log=quiet)
+    assert "held-out test examples" in source_test and member_test.sum() == 50
+    np.testing.assert_array_equal(x_test[member_test], x[member])  # same members either way
+    # A model trained on the whole pool leaves no unused examples: auto falls back to the test split.
+    full = DataConfig(dataset="mnist", data_dir=str(root / "data"), public_examples=0)
+    assert "held-out test" in audit.membership_data(full, log=quiet)[4]
+    with pytest.raises(UsageError, match="--nonmembers=test"):
+        audit.membership_data(full, nonmembers="unused_train", log=quiet)
 
 
 def test_recorded_data_dir_that_moved_asks_for_data_dir(exported):

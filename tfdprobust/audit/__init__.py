@@ -4,8 +4,9 @@
         --model saved_models/B --name dp --out reports/audit
 
 For each model: rebuild the exact training members from the ``data_config`` that
-``training.run`` records in the export's ``metadata.json``, draw as many held-out
-non-members of the same distribution (the test split, seeded subsample), run the two
+``training.run`` records in the export's ``metadata.json``, draw as many non-members
+(training-pool examples the run's ``max_train`` left out when there are enough, else
+the test split; seeded subsample), run the two
 attacks of :mod:`~tfdprobust.audit.mia` on the model's logits, and turn each attack into a
 lower bound on epsilon at delta that holds with 95% confidence
 (:mod:`~tfdprobust.audit.bounds`). Writes ``audit.json``, ``roc.png`` and ``report.md``
@@ -37,6 +38,7 @@ from tfdprobust.audit import bounds, mia, report
 from tfdprobust.errors import UsageError, require
 
 DEFAULT_DELTA = 1e-5
+NONMEMBER_SOURCES = ("auto", "unused_train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class AuditConfig:
         attacker: ``logreg`` or ``gboost`` (the trained attack's classifier).
         folds: cross-validation folds of the trained attacker.
         max_examples: cap on members (and as many non-members); 0 = all members.
+        nonmembers: where non-members come from (see :func:`membership_data`).
         seed: seed of the non-member subsample, the halves and the attacker.
         batch_size: inference batch size.
     """
@@ -58,6 +61,7 @@ class AuditConfig:
     attacker: str = "logreg"
     folds: int = 5
     max_examples: int = 0
+    nonmembers: str = "auto"
     seed: int = 0
     batch_size: int = 500
 
@@ -70,6 +74,8 @@ class AuditConfig:
         require(self.max_examples == 0 or self.max_examples >= 20,
                 f"--max_examples must be 0 (all members) or >= 20, got {self.max_examples}")
         require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+        require(self.nonmembers in NONMEMBER_SOURCES,
+                f"--nonmembers={self.nonmembers!r} is unknown; choose one of {', '.join(NONMEMBER_SOURCES)}")
 
 
 # ----------------------------------------------------------------------------- members
@@ -122,16 +128,61 @@ def resolve_data_config(meta: Dict, model_path: str, data_dir: Optional[str] = N
     return DataConfig(**fields), how
 
 
-def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, log: Callable[[str], None] = print):
-    """Members (the training split) and equally many non-members (held-out test split).
+def _unused_training_examples(data_cfg, train, log: Callable[[str], None]):
+    """The training-pool examples a ``max_train`` cap left out, or None.
+
+    The loader shuffles the whole training pool with the config's seed and keeps the first
+    ``max_train``, so the members are a uniformly random subset of the pool and the rest
+    are exchangeable with them. That is the setting in which a membership test's error
+    rates bound epsilon; a separate test split is only as good as its i.i.d. assumption.
+    """
+    from tfdprobust import data
+
+    if not data_cfg.max_train:
+        return None
+    full = data.load_experiment_data(dataclasses.replace(data_cfg, max_train=0), log=lambda m: None).train
+    # Guard against a loader that ever orders the pool differently from the run.
+    if len(full) <= len(train) or not np.array_equal(full.x[:len(train)], train.x):
+        log("note: the unused training examples could not be matched to the run's split; "
+            "using the test split as non-members")
+        return None
+    return full.take(np.arange(len(train), len(full)), f", the {len(full) - len(train)} examples after the "
+                     f"first {len(train)} (never trained on)")
+
+
+def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: str = "auto",
+                    log: Callable[[str], None] = print):
+    """Members (the training split) and equally many non-members.
+
+    Args:
+        data_cfg: the run's :class:`~tfdprobust.data.DataConfig`.
+        max_examples: cap on members (0 = all).
+        seed: seed of the subsamples.
+        nonmembers: ``unused_train`` (training-pool examples the run's ``max_train`` left
+            out: same pool, membership decided by a random shuffle), ``test`` (the held-out
+            test split; assumes it is i.i.d. with the training split), or ``auto``
+            (``unused_train`` when there are enough, else ``test``).
 
     Returns ``(x, y, is_member, members_source, nonmembers_source)``.
     """
     from tfdprobust import data
 
+    require(nonmembers in NONMEMBER_SOURCES,
+            f"--nonmembers={nonmembers!r} is unknown; choose one of {', '.join(NONMEMBER_SOURCES)}")
     experiment = data.load_experiment_data(data_cfg, log=log)
-    train, test = experiment.train, experiment.test
-    n = min(len(train), len(test))
+    train = experiment.train
+    pool, kind = None, ""
+    if nonmembers != "test":
+        pool = _unused_training_examples(data_cfg, train, log)
+        if pool is not None and nonmembers == "auto" and len(pool) < min(len(train), max_examples or len(train)):
+            pool = None  # too few to balance all members; the test split has more
+        require(pool is not None or nonmembers == "auto",
+                "--nonmembers=unused_train needs a model trained with --max_train below the training-pool size; "
+                "use --nonmembers=test")
+        kind = "unused training examples"
+    if pool is None:
+        pool, kind = experiment.test, "held-out test examples (assumed i.i.d. with the training split)"
+    n = min(len(train), len(pool))
     if max_examples:
         n = min(n, max_examples)
     require(n >= 20, f"only {n} members/non-members available; the audit needs >= 20 of each")
@@ -139,13 +190,13 @@ def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, log: Callabl
     # Balanced classes make AUC and advantage comparable across models; the subsample is
     # seeded so every model audited on the same data sees the same examples.
     mi = np.sort(rng.choice(len(train), n, replace=False)) if n < len(train) else np.arange(n)
-    ni = np.sort(rng.choice(len(test), n, replace=False)) if n < len(test) else np.arange(n)
-    x = np.concatenate([train.x[mi], test.x[ni]])
-    y = np.concatenate([train.y[mi], test.y[ni]])
+    ni = np.sort(rng.choice(len(pool), n, replace=False)) if n < len(pool) else np.arange(n)
+    x = np.concatenate([train.x[mi], pool.x[ni]])
+    y = np.concatenate([train.y[mi], pool.y[ni]])
     is_member = np.arange(2 * n) < n
     members = f"{n} of the {len(train)} training examples: {train.source}"
-    nonmembers = f"{n} of the {len(test)} held-out examples (seeded subsample): {test.source}"
-    return x, y, is_member, members, nonmembers
+    nonmember_text = f"{n} of {len(pool)} {kind}, seeded subsample: {pool.source}"
+    return x, y, is_member, members, nonmember_text
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -259,7 +310,8 @@ def run_audit(model_paths: Sequence[str], names: Optional[Sequence[str]] = None,
     results = []
     for t in targets:
         log(f"[{t.name}] loading {t.path}; members from the {t.data_how}")
-        x, y, is_member, members, nonmembers = membership_data(t.data_config, cfg.max_examples, cfg.seed, log)
+        x, y, is_member, members, nonmembers = membership_data(t.data_config, cfg.max_examples, cfg.seed,
+                                                               cfg.nonmembers, log)
         model = evaluate.load_model(t.path, t.name)
         evaluate.check_model_on_data(model, x, int(y.max()) + 1)
         logits = predict_logits(model.model_fn, x, cfg.batch_size)

@@ -31,6 +31,9 @@ flags.DEFINE_string("attacker", "logreg", "Trained attacker: logreg (logistic re
                     "(gradient boosting).")
 flags.DEFINE_integer("folds", 5, "Cross-validation folds of the trained attacker.")
 flags.DEFINE_integer("max_examples", 0, "Use at most this many members (and as many non-members); 0 = all members.")
+flags.DEFINE_string("nonmembers", "auto", "Non-members: unused_train (training-pool examples the run's --max_train "
+                    "left out; membership then was decided by a random shuffle), test (the test split, assumed "
+                    "i.i.d. with the training split), or auto (unused_train if there are enough, else test).")
 flags.DEFINE_integer("seed", 0, "Seed of the non-member subsample, the selection/evaluation halves and the attacker.")
 
 
@@ -50,7 +53,7 @@ def main(argv):
         if not FLAGS.out:
             raise UsageError("--out is required: the report folder, e.g. --out reports/audit")
         cfg = audit.AuditConfig(delta=FLAGS.delta, alpha=FLAGS.alpha, attacker=FLAGS.attacker, folds=FLAGS.folds,
-                                max_examples=FLAGS.max_examples, seed=FLAGS.seed)
+                                max_examples=FLAGS.max_examples, nonmembers=FLAGS.nonmembers, seed=FLAGS.seed)
         payload = audit.run_audit(FLAGS.model, FLAGS.name, FLAGS.out, cfg, FLAGS.data_dir, FLAGS.dataset,
                                   command=command)
     except (UsageError, FileExistsError) as err:
