@@ -305,6 +305,8 @@ def test_nonmembers_are_never_members(exported):
     assert "held-out test" in audit.membership_data(full, log=quiet)[4]
     with pytest.raises(UsageError, match="--nonmembers=test"):
         audit.membership_data(full, nonmembers="unused_train", log=quiet)
+    with pytest.raises(UsageError, match="trained on 40"):
+        audit.membership_data(cfg, log=quiet, expected_members=40)
 
 
 def test_recorded_data_dir_that_moved_asks_for_data_dir(exported):

@@ -151,7 +151,7 @@ def _unused_training_examples(data_cfg, train, log: Callable[[str], None]):
 
 
 def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: str = "auto",
-                    log: Callable[[str], None] = print):
+                    log: Callable[[str], None] = print, expected_members: Optional[int] = None):
     """Members (the training split) and equally many non-members.
 
     Args:
@@ -162,6 +162,8 @@ def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: 
             out: same pool, membership decided by a random shuffle), ``test`` (the held-out
             test split; assumes it is i.i.d. with the training split), or ``auto``
             (``unused_train`` when there are enough, else ``test``).
+        expected_members: the training-set size the model's metadata records; a rebuilt
+            split of another size means the data changed, and the audit stops.
 
     Returns ``(x, y, is_member, members_source, nonmembers_source)``.
     """
@@ -171,6 +173,9 @@ def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: 
             f"--nonmembers={nonmembers!r} is unknown; choose one of {', '.join(NONMEMBER_SOURCES)}")
     experiment = data.load_experiment_data(data_cfg, log=log)
     train = experiment.train
+    require(expected_members is None or expected_members == len(train),
+            f"the rebuilt training split has {len(train)} examples but the model was trained on {expected_members}; "
+            "the data differs from the run's (check --data_dir/--dataset)")
     pool, kind = None, ""
     if nonmembers != "test":
         pool = _unused_training_examples(data_cfg, train, log)
@@ -310,8 +315,8 @@ def run_audit(model_paths: Sequence[str], names: Optional[Sequence[str]] = None,
     results = []
     for t in targets:
         log(f"[{t.name}] loading {t.path}; members from the {t.data_how}")
-        x, y, is_member, members, nonmembers = membership_data(t.data_config, cfg.max_examples, cfg.seed,
-                                                               cfg.nonmembers, log)
+        x, y, is_member, members, nonmembers = membership_data(
+            t.data_config, cfg.max_examples, cfg.seed, cfg.nonmembers, log, t.meta.get("num_train_examples"))
         model = evaluate.load_model(t.path, t.name)
         evaluate.check_model_on_data(model, x, int(y.max()) + 1)
         logits = predict_logits(model.model_fn, x, cfg.batch_size)
