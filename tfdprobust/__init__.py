@@ -11,6 +11,7 @@ The package is flat; each module names one concept:
 * ``accounting``    RDP accounting through dp_accounting (epsilon, noise calibration)
 * ``export``        atomic SavedModel export with metadata
 * ``evaluate``      robustness evaluation of exported models
+* ``audit``         membership-inference privacy audit (empirical lower bounds on epsilon)
 * ``tune``          Keras Tuner search over clipping norm x learning rate
 """
 

@@ -279,6 +279,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
 
     result: Dict[str, Any] = {
         "dataset": cfg.data.dataset,
+        "data_config": dataclasses.asdict(cfg.data),
         "model": dataclasses.asdict(cfg.model),
         "data": experiment.describe(),
         "data_notes": list(experiment.notes),
