@@ -197,7 +197,8 @@ def exported(tmp_path_factory):
     data_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 120), ("t10k", 60)):
-        _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        # sparse strokes: the loader checks that "mnist" files look like MNIST (mean pixel ~0.13)
+        _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", (rng.random((n, 28, 28)) < 0.13) * 255)
         _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     data_config = {"dataset": "mnist", "public_dataset": "kmnist", "public_examples": 0,
                    "data_dir": str(root / "data"), "tfds_dir": None, "offline_test_fraction": 0.2,
