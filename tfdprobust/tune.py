@@ -9,10 +9,10 @@ Distributed (Keras Tuner's chief/worker mode; same flags in every process)::
     KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m tfdprobust.tune ...
 """
 
-from tfdprobust.tuning import *  # noqa: F401,F403 - the public API, for ``from tfdprobust import tune``
-from tfdprobust.tuning import __all__  # noqa: F401
-
 if __name__ == "__main__":
     from tfdprobust.tuning import cli
 
     cli.run()
+else:  # ``from tfdprobust import tune`` keeps the public API (loaded lazily)
+    from tfdprobust.tuning import *  # noqa: F401,F403
+    from tfdprobust.tuning import __all__  # noqa: F401

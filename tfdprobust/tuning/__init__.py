@@ -26,13 +26,24 @@ Layout of ``<tuning_dir>/``::
     <project>/heatmap.png, pareto.png, logs/ (HParams), search_results.json, best/
 """
 
-from tfdprobust.tuning.config import (CONFIG_FILE, NATURAL, OBJECTIVES, ROBUST, VALIDATIONS, TuneConfig,
-                                      check_tuning_dir, parse_grid, validate_grid)
-from tfdprobust.tuning.privacy import Ledger, fingerprint, search_guarantee
-from tfdprobust.tuning.reports import collect_trials, pareto_front
-from tfdprobust.tuning.search import SearchLock, run_search
-from tfdprobust.tuning.trial import load_search_data, robust_correct, trial_config
+# Lazy attributes (PEP 562): ``python -m tfdprobust.tune`` checks its flags before
+# TensorFlow is imported, so bad input is refused within a second.
+_EXPORTS = {
+    "config": ("CONFIG_FILE", "NATURAL", "OBJECTIVES", "ROBUST", "VALIDATIONS", "TuneConfig", "check_tuning_dir"),
+    "grids": ("parse_grid", "validate_grid"),
+    "privacy": ("Ledger", "fingerprint", "search_guarantee"),
+    "reports": ("collect_trials", "pareto_front"),
+    "lock": ("SearchLock",),
+    "search": ("run_search",),
+    "trial": ("load_search_data", "robust_correct", "trial_config"),
+}
+__all__ = [name for names in _EXPORTS.values() for name in names]
 
-__all__ = ["CONFIG_FILE", "NATURAL", "OBJECTIVES", "ROBUST", "VALIDATIONS", "TuneConfig", "check_tuning_dir",
-           "parse_grid", "validate_grid", "Ledger", "fingerprint", "search_guarantee", "collect_trials",
-           "pareto_front", "SearchLock", "run_search", "load_search_data", "robust_correct", "trial_config"]
+
+def __getattr__(name):
+    import importlib
+
+    for module, names in _EXPORTS.items():
+        if name in names:
+            return getattr(importlib.import_module(f"tfdprobust.tuning.{module}"), name)
+    raise AttributeError(f"module 'tfdprobust.tuning' has no attribute {name!r}")

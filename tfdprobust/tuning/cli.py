@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def define_flags():
     from absl import flags
 
-    from tfdprobust.tuning.config import DEFAULT_VAL_NOISE
+    from tfdprobust.tuning.grids import DEFAULT_VAL_NOISE
 
     f = flags
     f.DEFINE_string("dataset", "mnist", "Private dataset.")
@@ -75,8 +75,62 @@ def define_flags():
     f.DEFINE_integer("verbose", 0, "Keras verbosity per trial.")
 
 
+def check_flags():
+    """Every check that needs no data and no TensorFlow: numbers, grids, names, flag
+    combinations, the destination and the lock. Runs first, so bad input fails at once."""
+    from absl import flags
+
+    from tfdprobust.errors import require
+    from tfdprobust.tuning import grids
+    from tfdprobust.tuning.lock import check_unlocked
+
+    F = flags.FLAGS
+    for name in ("noise", "delta", "eps", "adv_weight", "val_noise", "selection_mean_trials"):
+        grids.require_finite(getattr(F, name), name)
+    require(F.noise > 0, f"--noise must be > 0 (the tuner searches DP trainings), got {F.noise}")
+    require(0 < F.delta < 1, f"--delta must be in (0, 1), got {F.delta}")
+    require(F.eps >= 0, f"--eps must be >= 0, got {F.eps}")
+    require(0 <= F.adv_weight <= 1, f"--adv_weight must be in [0, 1], got {F.adv_weight}")
+    require(F.val_noise > 0, f"--val_noise must be > 0, got {F.val_noise}")
+    for name in ("epochs", "batch_size", "validation_examples", "val_steps", "eval_steps"):
+        require(getattr(F, name) >= 1, f"--{name} must be >= 1, got {getattr(F, name)}")
+    for name in ("steps", "max_train", "max_test", "public_examples", "export_best", "seed"):
+        require(getattr(F, name) >= 0, f"--{name} must be >= 0, got {getattr(F, name)}")
+    require(F.max_trials is None or F.max_trials >= 1, f"--max_trials must be >= 1, got {F.max_trials}")
+    require(F.objective in grids.OBJECTIVES,
+            f"--objective={F.objective!r} is unknown; choose one of {', '.join(grids.OBJECTIVES)}")
+    require(F.tuner in grids.TUNER_NAMES,
+            f"--tuner={F.tuner!r} is unknown; choose one of {', '.join(grids.TUNER_NAMES)}")
+    require(F.tuner == "grid" or F.max_trials is not None,
+            f"--tuner={F.tuner} needs --max_trials >= 1 (the number of trials to run)")
+    require(F.validation in grids.VALIDATIONS,
+            f"--validation={F.validation!r} is unknown; choose noisy_count (DP-noised counts, the default) "
+            "or public (a validation set from a public source)")
+    require(not (F.validation == "public" and F["val_noise"].present),
+            f"--val_noise={F.val_noise:g} has no effect with --validation=public (nothing is noised); drop "
+            "--val_noise or use --validation=noisy_count")
+    require(not (F.nondp_lr_grid and not F.nondp_reference),
+            "--nondp_lr_grid is set but --nondp_reference is off; pass --nondp_reference or drop --nondp_lr_grid")
+    require(F.objective == "natural" or F.eps > 0,
+            f"--objective={F.objective} needs a validation attack, but --eps=0; set --eps > 0 or --objective=natural")
+    require(not (F.new_ledger and F.insecure_reproducible_noise),
+            "--new_ledger with --insecure_reproducible_noise: an insecure search has no guarantee to start a "
+            "ledger for; drop one of them")
+    grids.parse_grid(F.clip_grid, "--clip_grid")
+    grids.parse_grid(F.lr_grid, "--lr_grid")
+    if F.nondp_lr_grid:
+        grids.parse_grid(F.nondp_lr_grid, "--nondp_lr_grid")
+    require(bool(F.tuning_dir), "--tuning_dir is empty; give a folder for the search")
+    require(bool(F.project) and os.sep not in F.project and not F.project.startswith("."),
+            f"--project={F.project!r} must be a plain folder name (no '/', not starting with '.')")
+    grids.check_destination(F)
+    distributed = bool(os.environ.get("KERASTUNER_ORACLE_IP"))
+    if not distributed or os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
+        check_unlocked(F.tuning_dir, F.project)
+
+
 def config_from_flags():
-    """A validated :class:`TuneConfig` from the absl flags (no TensorFlow work, no writes)."""
+    """A validated :class:`TuneConfig` from the absl flags (no data loaded, no writes)."""
     from absl import flags
 
     from tfdprobust import attacks, training
@@ -84,23 +138,9 @@ def config_from_flags():
     from tfdprobust.errors import require
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
-    from tfdprobust.tuning.config import OBJECTIVES, TuneConfig, parse_grid, require_finite
+    from tfdprobust.tuning.config import OBJECTIVES, TuneConfig, parse_grid
 
     F = flags.FLAGS
-    for name in ("noise", "delta", "eps", "adv_weight", "val_noise", "selection_mean_trials"):
-        require_finite(getattr(F, name), name)
-    require(F.noise > 0, f"--noise must be > 0 (the tuner searches DP trainings), got {F.noise}")
-    require(F.eps >= 0, f"--eps must be >= 0, got {F.eps}")
-    require(0 <= F.adv_weight <= 1, f"--adv_weight must be in [0, 1], got {F.adv_weight}")
-    for name in ("epochs", "batch_size", "validation_examples", "val_steps", "eval_steps"):
-        require(getattr(F, name) >= 1, f"--{name} must be >= 1, got {getattr(F, name)}")
-    for name in ("steps", "max_train", "max_test", "public_examples", "export_best", "seed"):
-        require(getattr(F, name) >= 0, f"--{name} must be >= 0, got {getattr(F, name)}")
-    require(not (F.validation == "public" and F["val_noise"].present),
-            f"--val_noise={F.val_noise:g} has no effect with --validation=public (nothing is noised); drop "
-            "--val_noise or use --validation=noisy_count")
-    require(not (F.nondp_lr_grid and not F.nondp_reference),
-            "--nondp_lr_grid is set but --nondp_reference is off; pass --nondp_reference or drop --nondp_lr_grid")
     clip_grid = parse_grid(F.clip_grid, "--clip_grid")
     lr_grid = parse_grid(F.lr_grid, "--lr_grid")
     require(F.objective in OBJECTIVES, f"--objective={F.objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
@@ -145,6 +185,7 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
     start = time.time()
     try:
+        check_flags()  # before TensorFlow is imported
         from tfdprobust.tuning.search import run_search
 
         out = run_search(config_from_flags())

@@ -6,8 +6,6 @@ the corrected one is accepted.
 """
 
 import dataclasses
-import errno
-import fcntl
 import os
 import shutil
 from typing import Any, Callable, Dict, Optional
@@ -16,45 +14,7 @@ from tfdprobust.errors import UsageError, require
 from tfdprobust.tuning import config as config_lib
 from tfdprobust.tuning import privacy, reports
 from tfdprobust.tuning.config import CONFIG_FILE, NATURAL, RESULTS_FILE, TuneConfig
-
-LOCK_DIR = ".locks"
-
-
-class SearchLock:
-    """An exclusive ``flock`` on ``<tuning_dir>/.locks/<project>.lock`` for the process's life.
-
-    The kernel drops it when the process dies (even by SIGKILL), so it never goes stale.
-    """
-
-    def __init__(self, cfg: TuneConfig):
-        self.path = os.path.join(cfg.tuning_dir, LOCK_DIR, f"{cfg.project}.lock")
-        self.cfg = cfg
-        self.fd = None
-
-    def acquire(self) -> "SearchLock":
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UsageError(f"--tuning_dir={self.cfg.tuning_dir} --project={self.cfg.project} is locked by "
-                             f"another tuner (pid {holder}); wait for it to finish, or use another --project "
-                             "(for parallel workers use Keras Tuner's chief/worker mode)") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
+from tfdprobust.tuning.lock import LOCK_DIR, SearchLock, check_unlocked
 
 def _roles():
     from keras_tuner.src.distribute import utils as dist_utils
@@ -103,9 +63,7 @@ def run_search(cfg: TuneConfig, log: Callable[[str], None] = print, on_trial_end
     lock = None
     if not worker:
         # Checked (no writes) first: a locked directory must be refused before anything else.
-        lock_path = os.path.join(cfg.tuning_dir, LOCK_DIR, f"{cfg.project}.lock")
-        if os.path.exists(lock_path):
-            SearchLock(cfg).acquire().release()
+        check_unlocked(cfg.tuning_dir, cfg.project)
     sd, ledger, plan = prepare(cfg, log)
     if not worker:
         lock = SearchLock(cfg).acquire()
