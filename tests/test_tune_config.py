@@ -92,6 +92,9 @@ def test_incompatible_tuning_dir(tmp_path):
     with pytest.raises(UsageError, match=r"--validation: stored 'noisy_count', now 'public'"):
         config_lib.check_tuning_dir(tiny_config(tmp_path, validation="public"))
     config_lib.check_tuning_dir(tiny_config(tmp_path, nondp_reference=True))  # same search: fine
+    with pytest.raises(UsageError, match="--new_ledger: .* already holds trials .* pass --overwrite too"):
+        config_lib.check_tuning_dir(tiny_config(tmp_path, new_ledger=True))
+    config_lib.check_tuning_dir(tiny_config(tmp_path, new_ledger=True, overwrite=True))
     foreign = tmp_path / "other" / "search"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("not a search")

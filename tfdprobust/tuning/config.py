@@ -162,6 +162,10 @@ def check_tuning_dir(cfg: TuneConfig) -> None:
     path = os.path.join(cfg.project_dir, CONFIG_FILE)
     if os.path.exists(cfg.tuning_dir):
         require(os.path.isdir(cfg.tuning_dir), f"--tuning_dir={cfg.tuning_dir} is a file; give a folder")
+    # A new ledger under trials that the old one counted would publish them uncovered.
+    require(not (cfg.new_ledger and not cfg.overwrite and has_trials(cfg.project_dir)),
+            f"--new_ledger: {cfg.project_dir} already holds trials recorded in the current ledger, and their "
+            "results would be published without a guarantee; pass --overwrite too, or use a new --project")
     if cfg.overwrite or not os.path.exists(cfg.project_dir):
         return
     require(os.path.isdir(cfg.project_dir), f"--tuning_dir={cfg.tuning_dir}: {cfg.project_dir} is a file; "
