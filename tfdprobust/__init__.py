@@ -11,7 +11,7 @@ The package is flat; each module names one concept:
 * ``accounting``    RDP accounting through dp_accounting (epsilon, noise calibration)
 * ``export``        atomic SavedModel export with metadata
 * ``evaluate``      robustness evaluation of exported models
-* ``tune``          Keras Tuner search over clipping norm x learning rate
+* ``tuning``        Keras Tuner search over clipping norm x learning rate (``python -m tfdprobust.tune``)
 """
 
 __version__ = "0.1.0"

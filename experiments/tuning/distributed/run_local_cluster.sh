@@ -21,7 +21,7 @@ CHIEF=$!
 # Workers connect once the chief serves the oracle (or the chief has already failed).
 for _ in $(seq 1 60); do
   kill -0 $CHIEF 2>/dev/null || break
-  grep -q "Oracle server on chief is exiting\|search:" "$LOGS/chief.log" 2>/dev/null && break
+  grep -q "^search:" "$LOGS/chief.log" 2>/dev/null && { sleep 5; break; }
   sleep 1
 done
 KERASTUNER_TUNER_ID=tuner0 "$PYTHON" -m tfdprobust.tune "${FLAGS[@]}" > "$LOGS/tuner0.log" 2>&1 &
