@@ -6,11 +6,8 @@ value raises :class:`~tfdprobust.errors.UsageError` naming the flag and the fix.
 
 import dataclasses
 import json
-import math
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Dict, Optional, Tuple
 
 from tfdprobust import attacks
 from tfdprobust.errors import UsageError, require

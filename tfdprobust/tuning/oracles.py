@@ -3,7 +3,7 @@
 import dataclasses
 import itertools
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable
 
 from tfdprobust.registry import Registry
 from tfdprobust.tuning import reports

@@ -5,16 +5,15 @@ epsilon) before the first file is written, so a bad command leaves nothing behin
 the corrected one is accepted.
 """
 
-import dataclasses
 import os
 import shutil
 from typing import Any, Callable, Dict, Optional
 
-from tfdprobust.errors import UsageError, require
+from tfdprobust.errors import require
 from tfdprobust.tuning import config as config_lib
 from tfdprobust.tuning import privacy, reports
-from tfdprobust.tuning.config import CONFIG_FILE, NATURAL, RESULTS_FILE, TuneConfig
-from tfdprobust.tuning.lock import LOCK_DIR, SearchLock, check_unlocked
+from tfdprobust.tuning.config import CONFIG_FILE, RESULTS_FILE, TuneConfig
+from tfdprobust.tuning.lock import SearchLock, check_unlocked
 
 def _roles():
     from keras_tuner.src.distribute import utils as dist_utils

@@ -5,10 +5,9 @@ swap in the shared robustness evaluation there.
 """
 
 import dataclasses
-import math
 import time
 import zlib
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
