@@ -7,12 +7,14 @@ The package is flat; each module names one concept:
 * ``normalization`` batch normalization whose statistics come only from public data
 * ``attacks``       attack registry (CleverHans attacks, APGD) used in training and evaluation
 * ``clipping``      per-example clipping and Gaussian noise (the DP core)
+* ``randomness``    secret (OS-entropy) generators for the noise and the batch sampling
+* ``sampling``      batch samplers (Poisson, shuffle) that also state their DpEvent
 * ``train_step``    the Keras model whose ``train_step`` does PGD + DP-SGD
-* ``accounting``    RDP accounting through dp_accounting (epsilon, noise calibration)
+* ``accounting``    RDP/PLD accounting through dp_accounting (epsilon, noise calibration)
 * ``export``        atomic SavedModel export with metadata
 * ``evaluate``      robustness evaluation of exported models
 * ``audit``         membership-inference privacy audit (empirical lower bounds on epsilon)
-* ``tune``          Keras Tuner search over clipping norm x learning rate
+* ``tuning``        Keras Tuner search over clipping norm x learning rate (``python -m tfdprobust.tune``)
 """
 
 __version__ = "0.1.0"

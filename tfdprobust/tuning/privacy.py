@@ -1,0 +1,210 @@
+"""The privacy of a search: the per-data-set ledger, the validation mechanism, the guarantee.
+
+* **Ledger.** Every execution that touches the private data appends one line *before*
+  it starts to ``<tuning_dir>/.ledgers/<fingerprint>.jsonl``. The fingerprint is a hash
+  of the private data set itself (order-independent, over the whole private pool
+  before ``--max_train`` or any split), so every search on that data, under any
+  ``--project``, interrupted or not, lands in the same ledger. ``--overwrite`` deletes a
+  search's folder, never the ledger; only ``--new_ledger`` starts a fresh one (the old
+  file is renamed, kept, and the output says so).
+* **Validation.** ``noisy_count`` releases, per trial, the number of correct
+  validation images plus N(0, s^2) noise (natural, and robust if there is an attack).
+  Each count has sensitivity 1 under add-or-remove-one and replace-one, so each release is
+  a ``GaussianDpEvent(s)``. Only noised counts are ever written, shown or used for
+  selection. ``public`` validates on a public set: no release about private data.
+* **Guarantee.** ``ComposedDpEvent`` of every DP training in the ledger and every
+  validation release, as if every example could be in every trial's training *and*
+  validation sets (simple and conservative), accounted by ``dp_accounting`` under the
+  samplers' neighbouring relation (Poisson: add-or-remove-one; shuffle: replace-one;
+  a ledger mixing them is refused).
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from tfdprobust import accounting, randomness, sampling
+from tfdprobust.errors import UsageError, require
+
+LEDGER_DIR = ".ledgers"
+DP_TRAINING, VALIDATION, NONDP = "dp_training", "validation", "nondp_reference"
+
+
+# --------------------------------------------------------------------------- fingerprint
+def fingerprint(*arrays_xy) -> str:
+    """An order-independent sha256 of the private examples (image bytes + label).
+
+    Args:
+        arrays_xy: ``(x, y)`` pairs whose union is the private data set.
+
+    Example:
+        >>> x = np.arange(12, dtype=np.float32).reshape(3, 4); y = np.array([0, 1, 2])
+        >>> fingerprint((x, y)) == fingerprint((x[::-1], y[::-1]))
+        True
+    """
+    digests = []
+    for x, y in arrays_xy:
+        x = np.ascontiguousarray(x)
+        for row, label in zip(x.reshape(len(x), -1), np.asarray(y)):
+            digests.append(hashlib.sha256(row.tobytes() + int(label).to_bytes(8, "little", signed=True)).digest())
+    digests.sort()
+    h = hashlib.sha256()
+    for d in digests:
+        h.update(d)
+    return h.hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- ledger
+@dataclasses.dataclass
+class Ledger:
+    """The append-only record of every execution on one private data set."""
+
+    tuning_dir: str
+    data_fingerprint: str
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.tuning_dir, LEDGER_DIR, f"{self.data_fingerprint}.jsonl")
+
+    def entries(self) -> List[Dict[str, Any]]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def append(self, entry: Dict[str, Any]) -> None:
+        """One line per ``O_APPEND`` write, flushed to disk before the execution starts."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        line = json.dumps(dict(entry, time=time.time()), allow_nan=False) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def retire(self) -> Optional[str]:
+        """Renames the current ledger aside (``--new_ledger``); returns its new path."""
+        if not os.path.exists(self.path):
+            return None
+        new = self.path.replace(".jsonl", f".retired-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        os.replace(self.path, new)
+        return new
+
+
+def training_entry(run_cfg, num_examples: int, steps: int, **ids) -> Dict[str, Any]:
+    """The ledger line of one DP training (written before it starts)."""
+    return dict(ids, kind=DP_TRAINING, sampling=run_cfg.sampling, num_examples=num_examples,
+                batch_size=run_cfg.batch_size, steps=steps, noise_multiplier=run_cfg.train.dp.noise_multiplier,
+                insecure=bool(run_cfg.insecure_reproducible_noise))
+
+
+def validation_entry(releases: int, noise: float, **ids) -> Dict[str, Any]:
+    """The ledger line of one trial's noisy validation counts (written before release)."""
+    return dict(ids, kind=VALIDATION, releases=releases, noise=noise)
+
+
+# --------------------------------------------------------------------------- validation mechanism
+def noisy_count(correct: int, noise: float, insecure_seed: Optional[int] = None) -> float:
+    """``correct + N(0, noise^2)`` from a secret generator (replayable only if insecure)."""
+    seed = randomness.secret_int(128) if insecure_seed is None else insecure_seed
+    return float(correct + np.random.default_rng(seed).normal(0.0, noise))
+
+
+def release_accuracy(noisy: float, n: int) -> float:
+    """The published accuracy: the noisy count over n, clipped to [0, 1] (post-processing)."""
+    return float(min(1.0, max(0.0, noisy / n)))
+
+
+# --------------------------------------------------------------------------- composition
+def entry_event(entry: Dict[str, Any]):
+    """The ``DpEvent`` of one ledger line (``None`` for non-DP references)."""
+    import dp_accounting
+
+    if entry["kind"] == DP_TRAINING:
+        sampler = sampling.make_sampler(entry["sampling"], entry["num_examples"], entry["batch_size"])
+        return sampler.dp_event(entry["noise_multiplier"], entry["steps"])
+    if entry["kind"] == VALIDATION:
+        return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(entry["noise"]), entry["releases"])
+    return None
+
+
+def relation_of(entries: List[Dict[str, Any]]):
+    """The one neighbouring relation of the ledger's trainings; mixing is refused."""
+    kinds = {e["sampling"] for e in entries if e["kind"] == DP_TRAINING}
+    relations = {sampling.make_sampler(s, 10, 1).neighboring_relation for s in kinds}
+    if len(relations) > 1:
+        raise UsageError(f"--sampling: the ledger of this private data set holds trainings with "
+                         f"{' and '.join(sorted(kinds))} sampling, whose guarantees use different neighbouring "
+                         "relations and cannot be composed into one; keep the --sampling of the earlier searches")
+    return relations.pop() if relations else sampling.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+
+def search_guarantee(entries: List[Dict[str, Any]], delta: float, accountant: str,
+                     planned: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Epsilon of everything in the ledger (plus ``planned`` lines), one statement.
+
+    Returns a dict with ``epsilon`` (``None`` if some execution used insecure noise or
+    nothing is recorded), counts per kind, the adjacency and the statement.
+    """
+    import dp_accounting
+
+    everything = list(entries) + list(planned or [])
+    dp = [e for e in everything if e["kind"] in (DP_TRAINING, VALIDATION)]
+    trainings = [e for e in dp if e["kind"] == DP_TRAINING]
+    vals = [e for e in dp if e["kind"] == VALIDATION]
+    relation = relation_of(everything)
+    adjacency = sampling.ADJACENCY_NAMES[relation]
+    insecure = any(e.get("insecure") for e in trainings)
+    out = {"delta": delta, "accountant": accountant, "adjacency": adjacency,
+           "dp_trainings": len(trainings), "validation_releases": sum(e["releases"] for e in vals),
+           "validation_noise": sorted({e["noise"] for e in vals}),
+           "nondp_references": sum(1 for e in everything if e["kind"] == NONDP),
+           "searches": sorted({e.get("search", "?") for e in trainings}), "insecure": insecure}
+    if insecure:
+        out.update(epsilon=None, statement=randomness.INSECURE_WARNING + " (at least one execution in the "
+                   "ledger of this data set used --insecure_reproducible_noise)")
+        return out
+    if not dp:
+        out.update(epsilon=0.0, statement="nothing released about the private data yet")
+        return out
+    event = dp_accounting.ComposedDpEvent([entry_event(e) for e in dp])
+    eps = accounting.epsilon_of_event(event, delta, accountant, relation)
+    require(math.isfinite(eps), f"--noise/--val_noise: the planned search has epsilon = {eps}; raise the noise")
+    out.update(epsilon=eps, statement=(
+        f"({eps:.4g}, {delta:g})-DP ({adjacency} adjacency, {accountant.upper()} accountant) for everything "
+        f"released about this private data set: the composition of {len(trainings)} DP training executions "
+        f"(every one that started, including interrupted ones and earlier searches on the same data) and "
+        f"{out['validation_releases']} noisy validation counts"))
+    return out
+
+
+def planned_lines(cfg, num_train: int, steps: int, trials: int) -> List[Dict[str, Any]]:
+    """Ledger lines the remaining ``trials`` of this search will add (for the plan)."""
+    out = []
+    for _ in range(trials):
+        out.append(training_entry(cfg.run, num_train, steps, search="planned"))
+        if cfg.validation == "noisy_count":
+            out.append(validation_entry(cfg.val_releases, cfg.val_noise, search="planned"))
+    return out
+
+
+def private_selection(cfg, per_trial_event, delta: float, mu: float) -> Dict[str, Any]:
+    """Papernot & Steinke (ICLR 2022): a PLANNING figure, not this run's guarantee."""
+    import dp_accounting
+
+    event = dp_accounting.dp_event.RepeatAndSelectDpEvent(per_trial_event, mu, math.inf)
+    return {
+        "method": "Papernot & Steinke 2022, Poisson number of trials (dp_accounting.RepeatAndSelectDpEvent)",
+        "mean_trials": mu, "epsilon": accounting.epsilon_of_event(event, delta, cfg.run.accountant),
+        "applies_to_this_run": False,
+        "assumptions": ("PLANNING FIGURE ONLY. Would hold if the number of trials K ~ Poisson(mean_trials) were "
+                        "drawn secretly, each trial's (R, eta) drawn independently, and only the winner released "
+                        "(no table, plots or other trials). This search publishes every trial, so it does not apply."),
+    }

@@ -1,0 +1,180 @@
+"""The data of a search and what one trial does: train, count correct validation images, release.
+
+:func:`robust_correct` is the ONE place that measures robust accuracy for selection;
+swap in the shared robustness evaluation there.
+"""
+
+import dataclasses
+import time
+import zlib
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+
+from tfdprobust import accounting
+from tfdprobust.errors import require
+from tfdprobust.tuning import privacy
+from tfdprobust.tuning.config import NATURAL, ROBUST, TuneConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchData:
+    """Training part (private), validation part, test and public data, and provenance.
+
+    Attributes:
+        validation_is_public: ``True`` when the validation set comes from a public source.
+        fingerprint: hash of the whole private data set (keys the ledger).
+    """
+
+    train: Any
+    validation: Any
+    test: Any
+    public: Any
+    notes: Tuple[str, ...]
+    describe: Dict[str, str]
+    validation_is_public: bool
+    fingerprint: str
+
+
+def load_search_data(cfg: TuneConfig, log: Callable[[str], None] = print) -> SearchData:
+    """Loads the data, fingerprints the private pool and makes the validation set.
+
+    ``noisy_count``: the validation images are carved out of the private training pool
+    (never trained on). ``public``: they are the *last* ``validation_examples`` images
+    of the dataset's test split, disjoint from the first ``--max_test`` images that the
+    exported model is reported on, and declared public (as the test split is).
+    """
+    from tfdprobust import data
+
+    dcfg = cfg.run.data
+    # The whole pool (max_train applied below, as the loader would): the fingerprint is
+    # that of the data set, whatever slice a search uses.
+    experiment = data.load_experiment_data(dataclasses.replace(dcfg, max_train=0, max_test=0), log=log)
+    pool = [(experiment.train.x, experiment.train.y)]
+    if dcfg.public_from_private and experiment.public is not None:
+        pool.append((experiment.public.x, experiment.public.y))
+    fp = privacy.fingerprint(*pool)
+    train = data._cap(experiment.train, dcfg.max_train)  # noqa: SLF001 - the loader's own cap
+    full_test = experiment.test
+    n_test = len(full_test) if dcfg.max_test == 0 else min(dcfg.max_test, len(full_test))
+    v = cfg.validation_examples
+    if cfg.validation == "public":
+        require(n_test + v <= len(full_test),
+                f"--validation=public takes --validation_examples={v} images from the end of the "
+                f"{len(full_test)}-image test split, disjoint from the --max_test={dcfg.max_test or len(full_test)} "
+                f"reported ones; lower --max_test or --validation_examples")
+        test = full_test.take(np.arange(n_test), f", first {n_test}")
+        validation = full_test.take(np.arange(len(full_test) - v, len(full_test)),
+                                    f", last {v} images used as the PUBLIC validation set")
+        describe = dict(experiment.describe(), train=train.source, test=test.source, validation=validation.source)
+    else:
+        n = len(train)
+        require(v < n - cfg.run.batch_size,
+                f"--validation_examples={v} leaves fewer than --batch_size={cfg.run.batch_size} of the {n} "
+                "training images; lower it")
+        order = np.random.default_rng(cfg.run.seed + 1).permutation(n)
+        validation = train.take(order[:v], f", {v} held out for (noisy-count) validation")
+        train = train.take(order[v:], f", {n - v} used for training")
+        test = full_test.take(np.arange(n_test), f", first {n_test}")
+        describe = dict(experiment.describe(), train=train.source, test=test.source, validation=validation.source)
+    require(len(train) >= cfg.run.batch_size,
+            f"--batch_size={cfg.run.batch_size} exceeds the {len(train)} training images; lower it")
+    return SearchData(train, validation, test, experiment.public, tuple(experiment.notes), describe,
+                      cfg.validation == "public", fp)
+
+
+def trial_config(cfg: TuneConfig, l2_clip: float, learning_rate: float, dp: bool = True):
+    """The RunConfig of one trial: the base config with R and eta replaced."""
+    run = cfg.run
+    dp_cfg = dataclasses.replace(run.train.dp, l2_clip=l2_clip, enabled=dp)
+    if not dp:
+        dp_cfg = dataclasses.replace(dp_cfg, insecure_noise_seed=None)
+    train = dataclasses.replace(run.train, learning_rate=learning_rate, dp=dp_cfg)
+    return dataclasses.replace(run, train=train, insecure_reproducible_noise=run.insecure_reproducible_noise and dp)
+
+
+def score(record: Dict[str, Any], objective: str) -> float:
+    """The scalar that ranks trials (``both``: natural + robust), from released figures only."""
+    nat, rob = record.get(NATURAL), record.get(ROBUST)
+    return {"robust": lambda: rob, "natural": lambda: nat, "both": lambda: rob + nat}[objective]()
+
+
+def natural_correct(net, x, y) -> int:
+    """Number of correctly classified clean images."""
+    from tfdprobust import train_step
+
+    return int(round(train_step.accuracy(net, x, y) * len(x)))
+
+
+def robust_correct(net, x, y, attack) -> int:
+    """Number of images still correct under ``attack``: the ONE robust-accuracy hook of the tuner.
+
+    Uses ``train_step.accuracy`` for now; replace the body with the shared robustness
+    evaluation (APGD presets) and every selection follows.
+    """
+    from tfdprobust import train_step
+
+    return int(round(train_step.accuracy(net, x, y, attack) * len(x)))
+
+
+def planned_steps(run_cfg, num_train: int) -> int:
+    from tfdprobust import sampling
+
+    return run_cfg.epochs * sampling.make_sampler(run_cfg.sampling, num_train, run_cfg.batch_size).steps_per_epoch
+
+
+def train_trial(run_cfg, sd: SearchData):
+    """Trains one trial on the training part with fresh secret noise and sampling
+    (:func:`tfdprobust.training.train`); returns ``(Trained, spec)``."""
+    from tfdprobust import training
+
+    spec = training.accounting_spec(run_cfg, len(sd.train)) if run_cfg.train.dp.enabled else None
+    return training.train(run_cfg, sd.train, sd.public, spec, log=lambda message: None), spec
+
+
+def run_one(cfg: TuneConfig, run_cfg, sd: SearchData, ledger: privacy.Ledger, ids: Dict[str, Any],
+            log: Callable[[str], None] = print) -> Tuple[Any, Dict[str, Any]]:
+    """One trial (or non-DP reference): ledger line, training, validation release.
+
+    Returns:
+        ``(net, record)``; the record holds only released figures: noisy validation
+        accuracies (``noisy_count``) or exact public ones (``public``), never exact counts
+        on private images.
+    """
+    dp = run_cfg.train.dp
+    n = len(sd.train)
+    steps = planned_steps(run_cfg, n)
+    if dp.enabled:
+        ledger.append(privacy.training_entry(run_cfg, n, steps, **ids))
+    else:
+        ledger.append(dict(ids, kind=privacy.NONDP, num_examples=n, steps=steps))
+    start = time.time()
+    trained, spec = train_trial(run_cfg, sd)
+    seconds = time.time() - start
+    net, x, y = trained.trainer.net, sd.validation.x, sd.validation.y
+    counts = {NATURAL: natural_correct(net, x, y)}
+    if cfg.val_attack is not None:
+        counts[ROBUST] = robust_correct(net, x, y, cfg.val_attack)
+    record = {
+        "dp": dp.enabled, "optimizer": run_cfg.train.optimizer,
+        "l2_clip": dp.l2_clip if dp.enabled else None, "learning_rate": run_cfg.train.learning_rate,
+        "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0,
+        "epsilon": accounting.epsilon(spec.replace(steps=trained.steps)) if dp.enabled else None,
+        "steps": trained.steps, "seconds": round(seconds, 1), ROBUST: None,
+    }
+    if sd.validation_is_public or not dp.enabled:
+        # Public images, or a non-DP reference (outside the guarantee, labelled so).
+        record["validation"] = "public" if sd.validation_is_public else "exact (NOT private)"
+        for key, c in counts.items():
+            record[key] = c / len(x)
+    else:
+        ledger.append(privacy.validation_entry(len(counts), cfg.val_noise, **ids))
+        insecure = run_cfg.insecure_seed
+        record["validation"] = f"noisy_count (Gaussian, std {cfg.val_noise:g} per count)"
+        for i, (key, c) in enumerate(counts.items()):
+            seed = None if insecure is None else [insecure, zlib.crc32(str(ids.get("trial_id")).encode()), i]
+            noisy = privacy.noisy_count(c, cfg.val_noise, seed)
+            record[key.replace("accuracy", "noisy_count")] = noisy
+            record[key] = privacy.release_accuracy(noisy, len(x))
+    del counts  # exact counts on private images are never kept
+    return net, record
