@@ -316,7 +316,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         **metrics,
     }
     if cfg.export_dir is not None:
-        path = export.export_model(trainer.net, os.path.join(cfg.export_dir, name), result)
+        path = os.path.join(cfg.export_dir, name)  # as given: recorded paths stay portable
+        export.export_model(trainer.net, path, result)
         result["export_path"] = path
         result["results_path"] = path + ".json"
         export.write_json_atomic(result["results_path"], result)
