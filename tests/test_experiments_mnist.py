@@ -147,3 +147,13 @@ def test_help_does_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'TF imported for --help'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_diverging_run_stops_with_one_line_and_exports_nothing(run_main, tmp_path):
+    code, err = run_main("--max_train=300", "--max_test=100", "--batch_size=100", "--epochs=4",
+                         "--attack=none", "--eps=0", "--public_examples=32", "--learning_rate=1e5",
+                         "--l2_clip=10")
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: training diverged") and "--learning_rate" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

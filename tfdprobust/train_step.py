@@ -337,7 +337,7 @@ class DivergenceGuard(tf.keras.callbacks.Callback):
         UsageError: from inside ``fit``, naming the flags to change.
     """
 
-    def __init__(self, images=None, labels=None, every: int = 10, factor: float = 4.0):
+    def __init__(self, images=None, labels=None, every: int = 10, factor: float = 10.0):
         super().__init__()
         self.images = None if images is None else tf.constant(images[:512], tf.float32)
         self.labels = None if labels is None else tf.constant(labels[:512], tf.int64)
