@@ -111,6 +111,7 @@ def _art_autoattack(fn, x, y, norm, eps, queries):
     return np.argmax(fn(tf.constant(adv)).numpy(), 1) == y
 
 
+@pytest.mark.slow  # ART's TF2 DLR loss loops over the batch in Python: minutes on 2 cores
 def test_quick_preset_not_above_art_autoattack_apgd(trained):
     """ART's AutoAttack restricted to its two APGD attacks (the quick preset's territory),
     on the same 100 images: ours is never more than 1 point higher."""

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdprobust import attacks
+from tfdprobust.attacks.apgd import apgd_dynamic, checkpoint_schedule
 from tfdprobust.errors import require
 from tfdprobust.registry import Registry
 
@@ -118,31 +119,41 @@ def _cache(model_fn, key, build):
     return store[key]
 
 
-def _apgd_correct_fn(model_fn, norm: str, steps: int, loss: str, input_shape):
+def _apgd_correct_fn(model_fn, loss: str, input_shape):
     def build():
-        # One trace per (model, norm, steps, loss, image shape): eps, targets and the
-        # batch size are runtime inputs (tracing APGD's while_loop costs seconds).
+        # One trace per (model, loss, image shape): eps, norm, steps, the checkpoint
+        # schedule, targets and the batch size are runtime inputs (tracing APGD's
+        # while_loop costs seconds, and the ensemble runs many combinations).
         spec = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int32),
-                tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32)]
+                tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.bool),
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.bool), tf.TensorSpec([None], tf.float32)]
 
         @tf.function(input_signature=spec)
-        def run(xb, yb, tb, eps):
-            adv = attacks.apgd(model_fn, xb, yb, eps, steps, norm, loss=loss,
-                               target=tb if loss == "dlr_targeted" else None)
+        def run(xb, yb, tb, eps, is_linf, steps, is_check, window_len):
+            adv = apgd_dynamic(model_fn, xb, yb, eps, steps, is_linf, is_check, window_len, loss,
+                               tb if loss == "dlr_targeted" else None)
             # Guard the ball against float drift, as attacks.generate does.
-            adv = attacks.project(adv, xb, eps, norm)
+            adv = tf.where(is_linf, attacks.project(adv, xb, eps, "linf"), attacks.project(adv, xb, eps, "l2"))
             return tf.equal(tf.argmax(model_fn(adv), 1, output_type=tf.int32), yb)
 
         return run
 
-    return _cache(model_fn, ("apgd", norm, steps, loss, tuple(input_shape)), build)
+    run = _cache(model_fn, ("apgd", loss, tuple(input_shape)), build)
+
+    def call(xb, yb, tb, eps, norm, steps):
+        is_check, window_len = checkpoint_schedule(steps)
+        return run(xb, yb, tb, eps, tf.constant(norm == "linf"), tf.constant(steps, tf.int32),
+                   tf.constant(is_check), tf.constant(window_len, tf.float32))
+
+    return call
 
 
-def _batched(fn, x, y, t, eps, batch_size):
+def _batched(fn, x, y, t, eps, norm, steps, batch_size):
     out = []
     for s in range(0, len(x), batch_size):
         out.append(fn(tf.constant(x[s:s + batch_size]), tf.constant(y[s:s + batch_size], tf.int32),
-                      tf.constant(t[s:s + batch_size], tf.int32), tf.constant(eps, tf.float32)).numpy())
+                      tf.constant(t[s:s + batch_size], tf.int32), tf.constant(eps, tf.float32), norm,
+                      steps).numpy())
     return np.concatenate(out) if out else np.zeros([0], bool)
 
 
@@ -153,24 +164,24 @@ def _register_attack(name):
 @_register_attack("apgd-ce")
 def _apgd_ce(model_fn, x, y, norm, eps, member, ctx):
     correct = np.ones(len(x), bool)
-    fn = _apgd_correct_fn(model_fn, norm, member.steps, "ce", x.shape[1:])
+    fn = _apgd_correct_fn(model_fn, "ce", x.shape[1:])
     for _ in range(member.restarts):
         idx = np.flatnonzero(correct)
         if not len(idx):
             break
-        correct[idx] = _batched(fn, x[idx], y[idx], y[idx], eps, ctx["batch_size"])
+        correct[idx] = _batched(fn, x[idx], y[idx], y[idx], eps, norm, member.steps, ctx["batch_size"])
     return correct
 
 
 @_register_attack("apgd-dlr")
 def _apgd_dlr(model_fn, x, y, norm, eps, member, ctx):
     correct = np.ones(len(x), bool)
-    fn = _apgd_correct_fn(model_fn, norm, member.steps, "dlr", x.shape[1:])
+    fn = _apgd_correct_fn(model_fn, "dlr", x.shape[1:])
     for _ in range(member.restarts):
         idx = np.flatnonzero(correct)
         if not len(idx):
             break
-        correct[idx] = _batched(fn, x[idx], y[idx], y[idx], eps, ctx["batch_size"])
+        correct[idx] = _batched(fn, x[idx], y[idx], y[idx], eps, norm, member.steps, ctx["batch_size"])
     return correct
 
 
@@ -180,13 +191,14 @@ def _apgd_t(model_fn, x, y, norm, eps, member, ctx):
     # output.sort()[1][:, -target_class] for target_class = 2, ..., n_target_classes + 1).
     order = np.argsort(-ctx["clean_logits"], axis=1)
     correct = np.ones(len(x), bool)
-    fn = _apgd_correct_fn(model_fn, norm, member.steps, "dlr_targeted", x.shape[1:])
+    fn = _apgd_correct_fn(model_fn, "dlr_targeted", x.shape[1:])
     for k in range(1, min(member.targets, order.shape[1] - 1) + 1):
         for _ in range(member.restarts):
             idx = np.flatnonzero(correct)
             if not len(idx):
                 return correct
-            correct[idx] = _batched(fn, x[idx], y[idx], order[ctx["index"][idx], k], eps, ctx["batch_size"])
+            correct[idx] = _batched(fn, x[idx], y[idx], order[ctx["index"][idx], k], eps, norm, member.steps,
+                                   ctx["batch_size"])
     return correct
 
 

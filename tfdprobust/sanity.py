@@ -363,3 +363,35 @@ def format_checks(checks: Sequence[Check], title: str = "") -> str:
         lines += [bar, f"!! SANITY CHECKS FAILED ({', '.join(c.name for c in bad)}): the robustness numbers",
                   "!! above are NOT trustworthy (weak or masked attack, or a wrong model output).", bar]
     return "\n".join(lines)
+
+
+def robust_accuracy_with_checks(model_fn: Callable, x, y, preset="standard",
+                                eps_linf: Sequence[float] = (0.0, 0.1, 0.2, 0.3),
+                                eps_l2: Sequence[float] = (0.0, 1.0, 2.0),
+                                batch_size: int = 500, seed: int = 0, examples: int = 100,
+                                square_queries: int = 1000):
+    """The robust accuracy of an exported model, checked: what the tuner runs on a winner.
+
+    :func:`tfdprobust.ensemble.robust_accuracy` with ``preset`` at every eps of both
+    grids (include 0: the eps0 check), then every check of :data:`CHECK_NAMES`; the
+    points SPSA, Square and the convergence re-run break are folded into the result.
+
+    Returns:
+        ``({"linf": RobustAccuracy, "l2": RobustAccuracy}, checks)``; ``failed(checks)``
+        non-empty means the numbers are not trustworthy.
+
+    Example:
+        >>> robust, checks = robust_accuracy_with_checks(fn, x_test[:1000], y_test[:1000])  # doctest: +SKIP
+        >>> robust["linf"].accuracy(0.1), robust["linf"].ci95(0.1), failed(checks)  # doctest: +SKIP
+    """
+    from tfdprobust import ensemble
+
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y)
+    ens = {norm: ensemble.robust_accuracy(model_fn, x, y, preset, norm, grid, batch_size, seed)
+           for norm, grid in (("linf", eps_linf), ("l2", eps_l2))}
+    checks, ens = gradient_masking_checks(
+        model_fn, x, y, eps=max(eps_linf), eps_l2=max(eps_l2), clean_acc=ens["linf"].clean_accuracy,
+        ensembles=ens, preset=preset, examples=examples, square_queries=square_queries,
+        batch_size=batch_size, seed=seed, return_ensembles=True)
+    return ens, checks

@@ -97,8 +97,37 @@ def apgd(model_fn: ModelFn, x, y, eps: float, steps: int, norm: str = "linf",
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if (loss == "dlr_targeted") != (target is not None):
         raise ValueError("target is required for loss='dlr_targeted' and only for it")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    is_check, window_len = checkpoint_schedule(steps)
+    step0 = 2.0 * eps if initial_step is None else initial_step
+    return apgd_dynamic(model_fn, x, y, eps, tf.constant(steps), tf.constant(norm == "linf"),
+                        tf.constant(is_check), tf.constant(window_len), loss, target, random_start,
+                        step0, rho, alpha)
+
+
+def checkpoint_schedule(steps: int):
+    """(is_check, window_len) per iteration: bool and float lists of length ``steps``."""
+    checks = apgd_checkpoints(steps)
+    windows = [checks[0] + 1] + [b - a for a, b in zip(checks, checks[1:])]
+    is_check = [i in checks for i in range(steps)]
+    window_len = [float(windows[checks.index(i)]) if i in checks else 1.0 for i in range(steps)]
+    return is_check, window_len
+
+
+def apgd_dynamic(model_fn: ModelFn, x, y, eps, steps, is_linf, is_check, window_len, loss: str = "ce",
+                 target=None, random_start: bool = True, step0=None, rho: float = 0.75,
+                 alpha: float = 0.75) -> tf.Tensor:
+    """:func:`apgd` with eps, steps, the norm and the checkpoint schedule as tensors.
+
+    One ``tf.function`` trace then serves every eps, step count and norm (tracing the
+    loop costs seconds; the evaluation ensemble runs many combinations). Both norms'
+    steps and projections are computed and one is selected, which costs a few cheap
+    element-wise ops.
+    """
     x = tf.convert_to_tensor(x, tf.float32)
     y = tf.cast(y, tf.int32)
+    eps = tf.cast(eps, tf.float32)
     if target is not None:
         target = tf.cast(target, tf.int32)
     batch = tf.shape(x)[0]
@@ -108,6 +137,9 @@ def apgd(model_fn: ModelFn, x, y, eps: float, steps: int, norm: str = "linf",
 
     def expand(v):
         return tf.reshape(v, bshape)
+
+    def proj(v):
+        return tf.where(is_linf, project(v, x, eps, "linf"), project(v, x, eps, "l2"))
 
     def objective(logits):
         if loss == "ce":
@@ -128,36 +160,25 @@ def apgd(model_fn: ModelFn, x, y, eps: float, steps: int, norm: str = "linf",
         return value, grad, correct
 
     def step_dir(g):
-        if norm == "linf":
-            return tf.sign(g)
         gn = tf.sqrt(tf.reduce_sum(tf.square(g), axes, keepdims=True))
-        return g / (gn + 1e-12)
+        return tf.where(is_linf, tf.sign(g), g / (gn + 1e-12))
 
     if random_start:
-        if norm == "linf":
-            noise = tf.random.uniform(tf.shape(x), -eps, eps)
-        else:
-            noise = tf.random.normal(tf.shape(x))
-            nn = tf.sqrt(tf.reduce_sum(tf.square(noise), axes, keepdims=True))
-            noise = noise / (nn + 1e-12) * eps
-        x_adv = project(x + noise, x, eps, norm)
+        uni = tf.random.uniform(tf.shape(x), -1.0, 1.0)
+        gauss = tf.random.normal(tf.shape(x))
+        gauss = gauss / (tf.sqrt(tf.reduce_sum(tf.square(gauss), axes, keepdims=True)) + 1e-12)
+        x_adv = proj(x + eps * tf.where(is_linf, uni, gauss))
     else:
         x_adv = x
     value, grad, correct = loss_and_grad(x_adv)
-    step0 = 2.0 * eps if initial_step is None else float(initial_step)
-    checks = apgd_checkpoints(steps)
-    is_check = tf.constant([i in checks for i in range(steps)])
-    windows = [checks[0] + 1] + [b - a for a, b in zip(checks, checks[1:])]
-    window_len = tf.constant(
-        [float(windows[checks.index(i)]) if i in checks else 1.0 for i in range(steps)]
-    )
+    step0 = 2.0 * eps if step0 is None else tf.cast(step0, tf.float32)
     state = dict(
         i=tf.constant(0),
         x_adv=x_adv,
         x_old=x_adv,
         grad=grad,
         loss=value,
-        step=tf.fill([batch], tf.cast(step0, tf.float32)),
+        step=tf.fill([batch], step0),
         x_best=x_adv,
         grad_best=grad,
         loss_best=value,
@@ -172,9 +193,8 @@ def apgd(model_fn: ModelFn, x, y, eps: float, steps: int, norm: str = "linf",
         i = s["i"]
         a = tf.where(i > 0, alpha, 1.0)
         step = expand(s["step"])
-        z = project(s["x_adv"] + step * step_dir(s["grad"]), x, eps, norm)
-        x_new = project(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * (s["x_adv"] - s["x_old"]),
-                        x, eps, norm)
+        z = proj(s["x_adv"] + step * step_dir(s["grad"]))
+        x_new = proj(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * (s["x_adv"] - s["x_old"]))
         value, grad, correct = loss_and_grad(x_new)
         newly = tf.logical_and(tf.logical_not(correct), tf.logical_not(s["fooled"]))
         x_found = tf.where(expand(newly), x_new, s["x_found"])
@@ -211,8 +231,7 @@ def apgd(model_fn: ModelFn, x, y, eps: float, steps: int, norm: str = "linf",
             fooled=fooled, n_inc=n_inc, loss_best_last=lb_last, reduced_last=reduced,
         )]
 
-    (final,) = tf.while_loop(lambda s: s["i"] < steps, body, [state],
-                             maximum_iterations=steps)
+    (final,) = tf.while_loop(lambda s: s["i"] < steps, body, [state])
     return tf.where(expand(final["fooled"]), final["x_found"], final["x_best"])
 
 

@@ -64,7 +64,7 @@ class SuiteConfig:
         for s in self.sections:
             require(s in SECTIONS, f"--sections: unknown section {s!r}; choose from {', '.join(SECTIONS)}")
         if self.preset not in ensemble.PRESETS:
-            require(False, f"--preset: unknown preset {self.preset!r}; choose one of "
+            require(False, f"--preset: unknown preset {self.preset!r}; choose one of: "
                            f"{', '.join(ensemble.PRESETS.names())}")
         for grid, flag in ((self.eps_linf, "--eps_linf"), (self.eps_l2, "--eps_l2")):
             require(len(grid) >= 2 and grid[0] == 0 and list(grid) == sorted(grid),
@@ -72,7 +72,7 @@ class SuiteConfig:
         require(self.eps_linf[-1] <= 1, f"--eps_linf values must be <= 1 for images in [0, 1], got {self.eps_linf[-1]}")
         for name in self.sweep_attacks:
             if name not in attacks.ATTACKS:
-                require(False, f"--sweep_attacks: unknown attack {name!r}; choose one of "
+                require(False, f"--sweep_attacks: unknown attack {name!r}; choose one of: "
                                f"{', '.join(attacks.ATTACKS.names())}")
             cfg = attacks.AttackConfig(name, eps=0.0)
             for e in (self.eps_linf if cfg.norm == "linf" else self.eps_l2):

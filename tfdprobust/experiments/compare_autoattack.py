@@ -59,6 +59,17 @@ def art_autoattack(model_fn, x, y, norm: str, eps: float, num_classes: int, rest
     return _predict(model_fn, adv, batch_size) == y
 
 
+def _write(rows, source):
+    if not FLAGS.out:
+        return
+    command = "python -m tfdprobust.experiments.compare_autoattack " + " ".join(sys.argv[1:])
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    tmp = FLAGS.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"command": command, "data": source, "rows": rows}, f, indent=1, default=str)
+    os.replace(tmp, FLAGS.out)
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -93,14 +104,11 @@ def main(argv):
                            gap_points=100 * (ours.accuracy(e) - float(ref.mean())),
                            ours_seconds_all_eps=ours_s, art_seconds=time.time() - t)
                 rows.append(row)
+                _write(rows, source)  # after every row: a long run keeps what it has
                 print(f"{m.name} {norm} eps={e:g}: ours({FLAGS.preset}) {row['ours']:.3f}  ART AutoAttack "
                       f"{row['art']:.3f}  gap {row['gap_points']:+.1f} pts  both {row['min_of_both']:.3f}  "
                       f"(ours {ours_s:.0f} s for all eps, ART {row['art_seconds']:.0f} s)", flush=True)
-    command = "python -m tfdprobust.experiments.compare_autoattack " + " ".join(sys.argv[1:])
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, "w") as f:
-            json.dump({"command": command, "data": source, "rows": rows}, f, indent=1, default=str)
+    _write(rows, source)
     worst = max(r["gap_points"] for r in rows)
     print(f"largest gap (ours - ART): {worst:+.1f} points ({'OK' if worst <= 1.0 else 'ABOVE 1 POINT'})")
 
