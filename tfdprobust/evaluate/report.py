@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from tfdprobust.errors import UsageError, require
+from tfdprobust.errors import require
 
 def _fmt(v, digits=4):
     if v is None or (isinstance(v, float) and math.isnan(v)):

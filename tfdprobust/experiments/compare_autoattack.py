@@ -87,7 +87,9 @@ def main(argv):
     for i, path in enumerate(FLAGS.model):
         m = emodels.load_model(path, names[i] if i < len(names) else None)
         for norm, grid in (("linf", FLAGS.eps_linf), ("l2", FLAGS.eps_l2)):
-            grid = [float(e) for e in grid]
+            grid = [float(e) for e in grid if e.strip()]
+            if not grid:
+                continue
             t = time.time()
             ours = ensemble.robust_accuracy(m.model_fn, x, y, FLAGS.preset, norm, grid, seed=FLAGS.seed)
             ours_s = time.time() - t
