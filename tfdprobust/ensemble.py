@@ -212,6 +212,10 @@ def _square(model_fn, x, y, norm, eps, member, ctx):
     att = SquareAttack(clf, norm=np.inf if norm == "linf" else 2, max_iter=member.queries, eps=float(eps),
                        p_init=0.8, nb_restarts=member.restarts, batch_size=ctx["batch_size"], verbose=False)
     adv = att.generate(x.astype(np.float32), y=np.asarray(y))
+    # ART's l2 Square can divide by a zero window norm and return NaN pixels; a NaN
+    # image is no adversarial example (its logits are garbage), so such points keep x.
+    bad = ~np.isfinite(adv).reshape(len(adv), -1).all(1)
+    adv[bad] = x[bad]
     adv = attacks.project(tf.constant(adv, tf.float32), tf.constant(x), eps, norm).numpy()
     return _predict(model_fn, adv, ctx["batch_size"]) == y
 
