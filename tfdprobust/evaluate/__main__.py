@@ -1,0 +1,12 @@
+"""``python -m tfdprobust.evaluate``: see :mod:`tfdprobust.evaluate.cli`."""
+
+import os
+import sys
+
+# Before TensorFlow is imported: hide its CUDA/TensorRT probe messages on CPU machines,
+# so that an error is the one line the CLI prints.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tfdprobust.evaluate.cli import main  # noqa: E402
+
+sys.exit(main())
