@@ -213,6 +213,9 @@ def test_dlr_losses_match_their_formulas_and_ignore_logit_scale():
 
 
 def _art_apgd_ce_correct(fn, x, y, norm, eps, seed=0):
+    from tfdprobust.ensemble import import_art
+
+    import_art()
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     from tfdprobust.ensemble import art_classifier

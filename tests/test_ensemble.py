@@ -97,6 +97,9 @@ def test_presets_are_the_documented_ensembles():
 
 
 def _art_autoattack(fn, x, y, norm, eps, queries):
+    from tfdprobust.ensemble import import_art
+
+    import_art()
     from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, SquareAttack
 
     clf = ensemble.art_classifier(fn, x.shape[1:], 10)

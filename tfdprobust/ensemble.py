@@ -202,8 +202,25 @@ def _apgd_t(model_fn, x, y, norm, eps, member, ctx):
     return correct
 
 
+def import_art():
+    """Imports ART, undoing the logging set-up it does at import time.
+
+    ``import art`` calls ``logging.config.dictConfig``, which attaches a StreamHandler bound
+    to the *current* ``sys.stderr`` to the logger named ``tests`` (its own test suite's).
+    Under pytest that stream is a per-test capture file that is closed later, so any log
+    record reaching that logger, or the flush at interpreter exit, fails with "I/O
+    operation on closed file". We own no such logger; drop the handler.
+    """
+    import logging
+
+    import art  # noqa: F401
+
+    logging.getLogger("tests").handlers.clear()
+
+
 @_register_attack("square")
 def _square(model_fn, x, y, norm, eps, member, ctx):
+    import_art()
     from art.attacks.evasion import SquareAttack
 
     clf = art_classifier(model_fn, x.shape[1:], ctx["num_classes"])
@@ -225,6 +242,7 @@ def art_classifier(model_fn, input_shape, num_classes: int):
 
     The loss object is cross-entropy on logits, which ART's gradient-based attacks use.
     """
+    import_art()
     from art.estimators.classification import TensorFlowV2Classifier
 
     def model(z, training=False):  # ART passes ``training``; our model_fn is inference-only

@@ -48,7 +48,12 @@ class RunConfig:
         delta: target delta.
         accountant: ``rdp`` (default) or ``pld``; both from dp_accounting.
         target_epsilon: if set, sigma is calibrated to reach it (overrides the noise).
-        eval_attack: the attack used for the reported robust accuracy.
+        eval_attack: norm (``pgd_linf``/``pgd_l2``), radius and APGD steps of the reported
+            robust accuracy; restarts set the APGD restarts.
+        eval_preset: the attack ensemble of :func:`tfdprobust.ensemble.robust_accuracy`
+            (``quick``: APGD-CE + APGD-T; ``standard``: + Square).
+        eval_examples: test images attacked for the robust accuracy (0 = all); clean
+            accuracy always uses the whole test split.
         export_dir: parent folder of the export (``None``: do not export).
         run_name: export folder name (``None``: derived from the settings and time).
         seed: seed of initialization, data splits and the attack's random starts. It never
@@ -68,7 +73,9 @@ class RunConfig:
     accountant: str = "rdp"
     target_epsilon: Optional[float] = None
     eval_attack: Optional[attacks.AttackConfig] = attacks.AttackConfig(
-        name="pgd_linf", eps=0.1, steps=40, random_start=True)
+        name="pgd_linf", eps=0.1, steps=100, random_start=True)
+    eval_preset: str = "quick"
+    eval_examples: int = 1000
     export_dir: Optional[str] = "saved_models"
     run_name: Optional[str] = None
     seed: int = 0
@@ -86,6 +93,10 @@ class RunConfig:
         require(self.accountant in accounting.ACCOUNTANTS,
                 f"--accountant must be one of {', '.join(accounting.ACCOUNTANTS.names())}, got {self.accountant!r}")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        require(self.eval_examples >= 0, f"--eval_examples must be >= 0, got {self.eval_examples}")
+        from tfdprobust import ensemble
+
+        ensemble.get_preset(self.eval_preset)  # unknown names list the choices
         require(self.train.expected_batch_size == self.batch_size,
                 "train.expected_batch_size must equal batch_size (use RunConfig.make)")
         dp = self.train.dp
@@ -161,14 +172,37 @@ def default_run_name(cfg: RunConfig) -> str:
     return "-".join(parts)
 
 
+def robust_evaluation(net: tf.keras.Model, x, y, attack: attacks.AttackConfig, preset: str = "quick",
+                      verbose: int = 0):
+    """Robust accuracy of ``net`` from :func:`tfdprobust.ensemble.robust_accuracy`: the one
+    evaluation path the training CLI, the tuner and ``tfdprobust.evaluate`` share.
+
+    ``attack`` gives the norm (``pgd_l2`` means l2), the radius, and the APGD steps and
+    restarts of the preset.
+    """
+    from tfdprobust import ensemble
+
+    norm = "l2" if attack.name.endswith("l2") else "linf"
+    chosen = ensemble.get_preset(preset).scaled(steps=attack.steps, restarts=attack.restarts)
+    return ensemble.robust_accuracy(lambda z: net(z, training=False), x, y, preset=chosen, norm=norm,
+                                    eps=(attack.eps,), verbose=verbose)
+
+
 def evaluate_net(net: tf.keras.Model, test: data.ImageData, attack: Optional[attacks.AttackConfig],
-                 verbose: int = 1, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Clean accuracy and accuracy under ``attack`` on ``test``."""
+                 verbose: int = 1, log: Callable[[str], None] = print, preset: str = "quick",
+                 examples: int = 1000) -> Dict[str, Any]:
+    """Clean accuracy on ``test`` and robust accuracy (``preset`` ensemble) on its first
+    ``examples`` images, with a 95% confidence interval."""
     out: Dict[str, Any] = {"clean_accuracy": train_step.accuracy(net, test.x, test.y)}
     if attack is not None:
+        n = len(test) if examples == 0 else min(examples, len(test))
         if verbose:
-            log(f"evaluating {attack.name} (eps={attack.eps}, {attack.steps} steps) on {len(test)} test images")
-        out["robust_accuracy"] = train_step.accuracy(net, test.x, test.y, attack, verbose=verbose)
+            log(f"evaluating the {preset} attack ensemble ({attack.name[4:]} eps={attack.eps:g}, APGD "
+                f"{attack.steps} steps) on {n} test images")
+        result = robust_evaluation(net, test.x[:n], test.y[:n], attack, preset, verbose=verbose)
+        out.update(robust_accuracy=result.accuracy(attack.eps), robust_ci95=list(result.ci95(attack.eps)),
+                   robust_preset=preset, robust_examples=n,
+                   robust_after_each=[{"attack": a, "accuracy": v} for a, v in result.at(attack.eps).after_each])
     return out
 
 
@@ -273,7 +307,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         log(randomness.INSECURE_WARNING)
     trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
-    metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log)
+    metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
+                           preset=cfg.eval_preset, examples=cfg.eval_examples)
     final_spec = spec.replace(steps=steps) if dp.enabled else None
     private = dp.enabled and not cfg.insecure_reproducible_noise
 
@@ -337,8 +372,11 @@ def summary(result: Dict[str, Any]) -> str:
     ]
     if "robust_accuracy" in result:
         atk = result["eval_attack"]
-        lines.append(f"robust accuracy     : {result['robust_accuracy']:.4f}  "
-                     f"({atk['name']}, eps={atk['eps']:g}, {atk['steps']} steps)")
+        lo, hi = result["robust_ci95"]
+        lines.append(f"robust accuracy     : {result['robust_accuracy']:.4f}  [95% CI {lo:.3f}, {hi:.3f}] "
+                     f"({result['robust_preset']} ensemble: "
+                     + ", ".join(step["attack"] for step in result["robust_after_each"][1:])
+                     + f"; {atk['name'][4:]} eps={atk['eps']:g}, {result['robust_examples']} test images)")
     if result["private"]:
         lines.append(f"epsilon             : {result['epsilon']:.4g} at delta={result['delta']:g} "
                      f"(sigma={result['noise_multiplier']:.4g}, {result['steps']} steps, {result['sampling']} "

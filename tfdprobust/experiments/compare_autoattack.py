@@ -37,6 +37,9 @@ def art_autoattack(model_fn, x, y, norm: str, eps: float, num_classes: int, rest
                    batch_size: int = 500):
     """Per-example correctness under ART's AutoAttack (APGD-CE, APGD-DLR, Square)."""
     import numpy as np
+    from tfdprobust.ensemble import import_art
+
+    import_art()
     from art.attacks.evasion import AutoAttack, AutoProjectedGradientDescent, SquareAttack
 
     from tfdprobust.ensemble import _predict, art_classifier

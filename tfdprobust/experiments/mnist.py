@@ -59,8 +59,12 @@ flags.DEFINE_integer("steps", 10, "Attack iterations during training.")
 flags.DEFINE_boolean("random_start", True, "Start PGD from a random point in the eps-ball.")
 flags.DEFINE_float("adv_weight", 0.5, "Per-example loss = (1-w) clean + w adversarial, combined before clipping.")
 # Evaluation and export
-flags.DEFINE_integer("eval_steps", 40, "PGD iterations for the reported robust accuracy.")
-flags.DEFINE_integer("eval_restarts", 1, "PGD random restarts for the reported robust accuracy.")
+flags.DEFINE_string("eval_preset", "quick", "Attack ensemble of the reported robust accuracy (tfdprobust.ensemble): "
+                    "quick (APGD-CE + APGD-T) or standard (+ Square); the same function as tfdprobust.evaluate.")
+flags.DEFINE_integer("eval_steps", 100, "APGD iterations of each attack of the ensemble.")
+flags.DEFINE_integer("eval_restarts", 1, "APGD restarts of each attack of the ensemble.")
+flags.DEFINE_integer("eval_examples", 1000, "Test images attacked for the robust accuracy (0 = all); clean accuracy "
+                     "uses the whole test split.")
 flags.DEFINE_string("export_dir", "saved_models", "Where the SavedModel and results JSON go.")
 flags.DEFINE_string("run_name", None, "Export folder name (default: derived from the settings).")
 flags.DEFINE_integer("seed", 0, "Seed of initialization, data splits and attack starts. DP noise and batch "
@@ -121,7 +125,8 @@ def config_from_flags():
         model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation),
         epochs=FLAGS.epochs, sampling=FLAGS.sampling, delta=FLAGS.delta, accountant=FLAGS.accountant,
         insecure_reproducible_noise=FLAGS.insecure_reproducible_noise,
-        target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, export_dir=FLAGS.export_dir,
+        target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, eval_preset=FLAGS.eval_preset,
+        eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose)
 
 

@@ -107,14 +107,17 @@ def natural_correct(net, x, y) -> int:
 
 
 def robust_correct(net, x, y, attack) -> int:
-    """Number of images still correct under ``attack``: the ONE robust-accuracy hook of the tuner.
+    """Number of images still correct under the ``quick`` ensemble (APGD-CE + APGD-T) at
+    ``attack``'s norm and radius: the ONE robust-accuracy hook of the tuner.
 
-    Uses ``train_step.accuracy`` for now; replace the body with the shared robustness
-    evaluation (APGD presets) and every selection follows.
+    It is :func:`tfdprobust.training.robust_evaluation`, the function behind the training
+    CLI's and ``tfdprobust.evaluate``'s numbers, so a trial cannot win by masking gradients
+    against a weak single PGD run.
     """
-    from tfdprobust import train_step
+    from tfdprobust import training
 
-    return int(round(train_step.accuracy(net, x, y, attack) * len(x)))
+    result = training.robust_evaluation(net, x, y, attack, preset="quick")
+    return int(result.at(attack.eps).correct.sum())
 
 
 def planned_steps(run_cfg, num_train: int) -> int:
