@@ -203,19 +203,25 @@ def _apgd_t(model_fn, x, y, norm, eps, member, ctx):
 
 
 def import_art():
-    """Imports ART, undoing the logging set-up it does at import time.
+    """Imports ART without letting it reconfigure the process's logging.
 
-    ``import art`` calls ``logging.config.dictConfig``, which attaches a StreamHandler bound
-    to the *current* ``sys.stderr`` to the logger named ``tests`` (its own test suite's).
-    Under pytest that stream is a per-test capture file that is closed later, so any log
-    record reaching that logger, or the flush at interpreter exit, fails with "I/O
-    operation on closed file". We own no such logger; drop the handler.
+    ``import art`` calls ``logging.config.dictConfig``, which closes every existing
+    logging handler (absl's among them, whose stream may be a redirected ``sys.stderr``,
+    e.g. pytest's capture: closing it kills the test session) and installs a StreamHandler
+    on a logger named ``tests``. A library we call must not do either, so the call is
+    skipped for the duration of the import; ART's loggers then propagate to the root.
     """
-    import logging
+    import logging.config
+    import sys
 
-    import art  # noqa: F401
-
-    logging.getLogger("tests").handlers.clear()
+    if "art" in sys.modules:
+        return
+    configure = logging.config.dictConfig
+    logging.config.dictConfig = lambda config: None
+    try:
+        import art  # noqa: F401
+    finally:
+        logging.config.dictConfig = configure
 
 
 @_register_attack("square")
