@@ -246,7 +246,9 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     guard = (train_step.DivergenceGuard(monitor.x, monitor.y) if monitor is not None
              else train_step.DivergenceGuard())
     monitor_resources = resources.ResourceMonitor(sampler.steps_per_epoch * cfg.batch_size)
-    diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir)
+    # Only the fast DP path computes diagnostics; other runs write no (empty) TensorBoard log.
+    logs_diagnostics = dp.enabled and dp.path == "vectorized"
+    diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir if logs_diagnostics else None)
     history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
                              callbacks=[guard, monitor_resources, diagnostics_logger])
     seconds = time.time() - start
@@ -256,7 +258,7 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         raise RuntimeError(f"the optimizer took {steps} steps but the sampler planned {planned}; "
                            "refusing to report an epsilon for steps that did not run as accounted")
     return Trained(trainer, history, steps, sampler, seconds, monitor_resources.summary(),
-                   diagnostics_logger.summary() if dp.enabled and dp.path == "vectorized" else None)
+                   diagnostics_logger.summary() if logs_diagnostics else None)
 
 
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
