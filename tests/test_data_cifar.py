@@ -39,3 +39,12 @@ def test_a_pickle_that_is_not_a_cifar_batch_is_refused_without_running_it(tmp_pa
             pickle.dump({b"data": os.system}, f)  # a callable reference: must not be resolved
     with pytest.raises(UsageError, match="not a CIFAR python batch"):
         data.load_raw("cifar10", "test", str(tmp_path))
+
+
+def test_load_split_reads_raw_cifar_for_evaluation_and_names_the_fix_offline(cifar_dir, tmp_path, monkeypatch):
+    test = data.load_split("cifar10", "test", cifar_dir)
+    assert test.x.shape == (20, 32, 32, 3)
+    monkeypatch.setattr(data, "tfds_prepared", lambda name, tfds_dir: False)
+    monkeypatch.setattr(data, "tfds_reachable", lambda timeout=3.0: False)
+    with pytest.raises(UsageError, match="--data_dir"):
+        data.load_split("cifar10", "test", str(tmp_path))

