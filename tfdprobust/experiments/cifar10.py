@@ -140,11 +140,8 @@ def write_tables(rows: List[Dict[str, Any]], out_dir: str, command: str, seconds
 
 def compare(base) -> int:
     from tfdprobust import training
-    from tfdprobust.errors import require
 
-    names = list(COMPARISON) if FLAGS.compare == ["all"] else FLAGS.compare
-    for name in names:
-        require(name in COMPARISON, f"--compare entry {name!r} is unknown; choose from {', '.join(COMPARISON)} or all")
+    names = compare_entries()
     command = "python -m tfdprobust.experiments.cifar10 " + " ".join(sys.argv[1:])
     start = time.time()
     rows = []
@@ -158,6 +155,16 @@ def compare(base) -> int:
     return 0
 
 
+def compare_entries() -> List[str]:
+    """The ``--compare`` entries, validated (before TensorFlow is imported)."""
+    from tfdprobust.errors import require
+
+    names = list(COMPARISON) if FLAGS.compare == ["all"] else FLAGS.compare
+    for name in names:
+        require(name in COMPARISON, f"--compare entry {name!r} is unknown; choose from {', '.join(COMPARISON)} or all")
+    return names
+
+
 def _header(base) -> Tuple[str, ...]:
     return (f"# Optimizer comparison: {base.model.name} ({base.model.norm}) on {base.data.dataset}",
             "", f"DP runs calibrated to epsilon = {base.target_epsilon} at delta = {base.delta} "
@@ -169,6 +176,7 @@ def main(argv):
     """One run, or the comparison with ``--compare``. Bad input: one line, exit 2."""
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
+    compare_entries()  # a bad entry fails in one line before TensorFlow loads
     logging.set_verbosity(logging.ERROR)
     from tfdprobust import training
 
