@@ -14,8 +14,11 @@ callbacks and progress bars work as usual. For each batch it:
    ``(1 - w) * CE(clean_i) + w * CE(adversarial_i)``, combined *before* clipping, so
    each example yields exactly one gradient (clipping the clean and adversarial copies
    separately would double the sensitivity);
-4. clips each example's gradient to C, sums, adds N(0, (sigma C)^2) once, divides by
-   the expected batch size, and applies the optimizer.
+4. clips each example's gradient to C with the configured strategy
+   (:data:`tfdprobust.clipping.CLIPPINGS`: flat, per-layer, automatic or adaptive), sums,
+   adds N(0, (sigma C)^2) once, divides by the expected batch size, and applies the
+   optimizer (which may know sigma, C and B: :mod:`tfdprobust.optimizers`); adaptive
+   clipping then moves C from a noised count drawn from the same secret generator.
 
 Two interchangeable DP paths compute step 4 (``DPConfig.path``):
 
@@ -195,8 +198,8 @@ class PrivateRobustModel(tf.keras.Model):
         >>> x = np.random.default_rng(0).random((16, 28, 28, 1), np.float32)
         >>> y = np.arange(16) % 10
         >>> history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        >>> sorted(history.history)
-        ['acc', 'adv_acc', 'loss']
+        >>> sorted(k for k in history.history if not k.startswith("diag_"))  # diag_*: private diagnostics
+        ['acc', 'adv_acc', 'clip_bound', 'dropped', 'loss']
     """
 
     def __init__(self, net: tf.keras.Sequential, config: TrainConfig, public_images=None, **kwargs):
