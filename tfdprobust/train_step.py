@@ -183,7 +183,7 @@ class PrivateRobustModel(tf.keras.Model):
     """A Keras model whose ``train_step`` does adversarial training with DP-SGD.
 
     Args:
-        net: the inference network (``Sequential``, images in [0, 1] -> logits). It is
+        net: the inference network (``Sequential`` or functional, images in [0, 1] -> logits). It is
             what gets exported; this wrapper only adds the training logic.
         config: :class:`TrainConfig`.
         public_images: the public normalization batch, required iff ``net`` has
