@@ -24,3 +24,30 @@ def tiny_images():
     y = (np.arange(32) % 10).astype(np.int64)
     public = rng.random((16, 28, 28, 1), dtype=np.float32)
     return x, y, public
+
+
+def write_cifar_batches(folder, n_train=60, n_test=20, seed=0):
+    """Synthetic CIFAR-10 'python version' files (random pixels, CIFAR's exact layout).
+
+    CIFAR-10 cannot be downloaded offline; these files let the raw loader and the CLI run
+    on CIFAR-shaped data. Five training batches of ``n_train / 5`` and one test batch.
+    """
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    root = os.path.join(str(folder), "cifar-10-batches-py")
+    os.makedirs(root, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    sizes = [n_train // 5] * 5 + [n_test]
+    for name, n in zip(names, sizes):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, n)], b"batch_label": name.encode()}
+        with open(os.path.join(root, name), "wb") as f:
+            pickle.dump(batch, f)
+    return str(folder)
+
+
+@pytest.fixture
+def cifar_dir(tmp_path):
+    """A folder with synthetic CIFAR-10 python batches (see :func:`write_cifar_batches`)."""
+    return write_cifar_batches(tmp_path / "cifar_data")

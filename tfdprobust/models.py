@@ -1,7 +1,10 @@
 """Model registry: small image classifiers with a choice of normalization.
 
-Every model is a ``tf.keras.Sequential`` that maps images in [0, 1] to **logits**
-(no softmax), so attacks work in pixel space and losses use ``from_logits=True``.
+Every model is a Keras graph network (a ``tf.keras.Sequential``, or a functional model
+such as ResNet-20 with its residual additions) that maps images in [0, 1] to **logits**
+(no softmax), so attacks work in pixel space and losses use ``from_logits=True``. A
+registered builder returns either a tuple of layers (stacked into a ``Sequential``) or a
+whole functional ``tf.keras.Model``.
 
 Normalization (``ModelConfig.norm``):
 
@@ -15,20 +18,22 @@ Example:
     >>> net.output_shape
     (None, 10)
     >>> MODELS.names()
-    ('cnn', 'lenet')
+    ('cnn', 'lenet', 'resnet20', 'tempered_cnn')
 """
 
 import dataclasses
 import math
-from typing import Callable, Tuple
+from typing import Callable, Tuple, Union
 
 import tensorflow as tf
 
+from tfdprobust import layers as ours
 from tfdprobust.errors import require
 from tfdprobust.normalization import PublicBatchNormalization
 from tfdprobust.registry import Registry
 
 NORMS = ("none", "public_bn", "group")
+WS_MODELS = ("resnet20", "tempered_cnn")
 MODELS: Registry = Registry("model")
 
 
@@ -44,6 +49,8 @@ class ModelConfig:
         activation: hidden activation (``relu`` or ``tanh``; tanh is often better under DP).
         groups: preferred number of groups for group normalization (the largest
             divisor of the channel count not above it is used).
+        weight_standardization: standardize every convolution kernel
+            (:class:`~tfdprobust.layers.WSConv2D`); resnet20 and tempered_cnn only.
     """
 
     name: str = "cnn"
@@ -52,6 +59,7 @@ class ModelConfig:
     num_classes: int = 10
     activation: str = "relu"
     groups: int = 4
+    weight_standardization: bool = False
 
     def __post_init__(self):
         MODELS.get(self.name)  # raises a UsageError listing the models
@@ -59,6 +67,8 @@ class ModelConfig:
         require(self.activation in ("relu", "tanh"), f"--activation must be relu or tanh, got {self.activation!r}")
         require(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
         require(self.groups >= 1, f"groups must be >= 1, got {self.groups}")
+        require(not self.weight_standardization or self.name in WS_MODELS,
+                f"--weight_standardization needs --model in {', '.join(WS_MODELS)}, got {self.name!r}")
 
 
 def _norm_layer(cfg: ModelConfig, channels: int) -> Tuple[tf.keras.layers.Layer, ...]:
@@ -104,12 +114,74 @@ def lenet(cfg: ModelConfig) -> Tuple[tf.keras.layers.Layer, ...]:
     )
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> tf.keras.Sequential:
+def _conv(cfg: ModelConfig, filters: int, kernel: int, strides: int = 1) -> tf.keras.layers.Layer:
+    # A normalization layer right after the convolution makes its bias redundant.
+    conv_class = ours.WSConv2D if cfg.weight_standardization else tf.keras.layers.Conv2D
+    return conv_class(filters, kernel, strides=strides, padding="same", use_bias=cfg.norm == "none",
+                      kernel_initializer="he_normal")
+
+
+def _apply(h, layers):
+    for layer in layers:
+        h = layer(h)
+    return h
+
+
+@MODELS.register("resnet20")
+def resnet20(cfg: ModelConfig) -> tf.keras.Model:
+    """ResNet-20 for CIFAR-10 (He et al., "Deep Residual Learning for Image Recognition", §4.2).
+
+    conv 16@3x3 -> norm -> act, then 3 stages of 3 basic blocks with 16, 32 and 64
+    channels (the first block of stages 2 and 3 halves the resolution), global average
+    pooling and a dense layer. A basic block is conv-norm-act-conv-norm, plus the
+    shortcut, then act; the shortcut is the parameter-free option A (subsample and
+    zero-pad, :class:`~tfdprobust.layers.PadShortcut`). 0.27 M parameters with 10
+    classes. Normalization is group norm or public-data BN, never private BatchNorm.
+    """
+    L = tf.keras.layers
+    act = cfg.activation
+    inputs = tf.keras.Input(cfg.input_shape)
+    h = _apply(inputs, (_conv(cfg, 16, 3), *_norm_layer(cfg, 16), L.Activation(act)))
+    channels_in = 16
+    for stage, channels in enumerate((16, 32, 64)):
+        for block in range(3):
+            stride = 2 if stage > 0 and block == 0 else 1
+            y = _apply(h, (_conv(cfg, channels, 3, stride), *_norm_layer(cfg, channels), L.Activation(act),
+                           _conv(cfg, channels, 3), *_norm_layer(cfg, channels)))
+            shortcut = h if stride == 1 and channels == channels_in else ours.PadShortcut(channels, stride)(h)
+            h = L.Activation(act)(L.Add()([y, shortcut]))
+            channels_in = channels
+    h = L.GlobalAveragePooling2D()(h)
+    return tf.keras.Model(inputs, L.Dense(cfg.num_classes)(h))
+
+
+@MODELS.register("tempered_cnn")
+def tempered_cnn(cfg: ModelConfig) -> Tuple[tf.keras.layers.Layer, ...]:
+    """The CIFAR-10 CNN of Papernot et al., "Tempered Sigmoid Activations for Deep Learning
+    with Differential Privacy" (Table 7), with tempered-sigmoid activations (tanh).
+
+    2 x conv 32@3x3 -> maxpool 2 -> 2 x conv 64@3x3 -> maxpool 2 -> 2 x conv 128@3x3 ->
+    maxpool 2 -> dense 128 -> dense classes; each conv is followed by the chosen norm.
+    ``cfg.activation`` is ignored: the activation is the tempered sigmoid.
+    """
+    L = tf.keras.layers
+    out = []
+    for filters in (32, 64, 128):
+        for _ in range(2):
+            out += [_conv(cfg, filters, 3), *_norm_layer(cfg, filters), ours.TemperedSigmoid()]
+        out.append(L.MaxPool2D(2))
+    return (*out, L.Flatten(), L.Dense(128), ours.TemperedSigmoid(), L.Dense(cfg.num_classes))
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> tf.keras.Model:
     """Builds the registered network ``cfg.name`` with its weights initialized from ``seed``."""
     tf.keras.utils.set_random_seed(seed)
-    layers_fn: Callable[[ModelConfig], Tuple[tf.keras.layers.Layer, ...]] = MODELS.get(cfg.name)
-    net = tf.keras.Sequential([tf.keras.Input(cfg.input_shape), *layers_fn(cfg)], name=cfg.name)
-    return net
+    builder: Callable[[ModelConfig], Union[tf.keras.Model, Tuple[tf.keras.layers.Layer, ...]]] = MODELS.get(cfg.name)
+    built = builder(cfg)
+    if isinstance(built, tf.keras.Model):
+        built._name = cfg.name  # noqa: SLF001 - Keras has no public renamer
+        return built
+    return tf.keras.Sequential([tf.keras.Input(cfg.input_shape), *built], name=cfg.name)
 
 
 def count_parameters(net: tf.keras.Model) -> int:

@@ -12,7 +12,8 @@ How it stays private:
   so one private example can never change another's output or gradient, and
   per-example gradients are well defined.
 * :func:`update_public_statistics` is the only thing that writes the statistics. It
-  runs the public batch through the network layer by layer and sets each layer's
+  runs the public batch through the network's layer graph (Sequential or functional,
+  residual blocks included) and sets each layer's
   mean/variance from the public activations. The train step calls it once per step,
   before the attack and the gradient; nothing else (attacks, evaluation) changes state.
 * Public images are never trained on: they only produce statistics, which are treated
@@ -73,17 +74,25 @@ def has_public_normalization(net: tf.keras.Model) -> bool:
     return any(isinstance(layer, PublicBatchNormalization) for layer in net.layers)
 
 
-def update_public_statistics(net: tf.keras.Sequential, public_images: tf.Tensor) -> None:
+def update_public_statistics(net: tf.keras.Model, public_images: tf.Tensor) -> None:
     """Recomputes every :class:`PublicBatchNormalization` layer's statistics from public data.
 
-    Walks a ``Sequential`` network layer by layer so that each layer's statistics are
-    computed on public activations produced with the *new* statistics of the layers
-    before it. Other layers run in inference mode, so no other state changes.
+    Walks the network's layer graph (``Sequential`` or functional, e.g. a ResNet's residual
+    blocks; see :func:`tfdprobust.graph.run`) in topological order, so that each layer's
+    statistics are computed on public activations produced with the *new* statistics of
+    the layers before it. Every layer runs in inference mode, so no other state changes.
+
+    Raises:
+        TypeError: if ``net`` is a subclassed model (its layer graph is unknown).
     """
-    if not isinstance(net, tf.keras.Sequential):
-        raise TypeError("public-data normalization needs a tf.keras.Sequential network")
-    h = public_images
-    for layer in net.layers:
+    from tfdprobust import graph  # graph imports nothing of ours; kept local for clarity
+
+    if not graph.is_graph_network(net):
+        raise TypeError("public-data normalization needs a Sequential or functional network")
+
+    def hook(layer, args, kwargs):
         if isinstance(layer, PublicBatchNormalization):
-            layer.set_statistics_from(h)
-        h = layer(h, training=False)
+            layer.set_statistics_from(args[0])
+        return None  # then call the layer as usual, with its new statistics
+
+    graph.run(net, public_images, hook)

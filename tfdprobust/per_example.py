@@ -11,8 +11,12 @@ row ``i`` of ``dz`` is example ``i``'s own output gradient, and a per-layer rule
 * Conv2D: image patches of ``a_i`` (``tf.image.extract_patches``) contracted with ``dz_i``;
 * public-data batch norm and group norm: ``sum(dz_i * x̂_i)`` and ``sum(dz_i)``.
 
-Rules are registered per layer class with :func:`register_rule`. A network with a
-trainable layer that has no rule falls back to ``tf.vectorized_map`` (slower, exact).
+The forward pass walks the Keras layer graph (:mod:`tfdprobust.graph`), so functional
+networks with residual additions and concatenations (ResNet-20) take the fast path as
+well as ``Sequential`` ones. Rules are registered per layer class with
+:func:`register_rule`; besides the above, :class:`~tfdprobust.layers.WSConv2D` (weight
+standardization) has one. A network with a trainable layer that has no rule falls back
+to ``tf.vectorized_map`` (slower, exact).
 
 ``tf.vectorized_map`` over single-example passes is the slow reference: TensorFlow's
 vectorizer runs ``Conv2DBackpropFilter`` in a ``while_loop``, which is what makes it
@@ -24,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from tfdprobust import graph, layers
 from tfdprobust.errors import UsageError
 from tfdprobust.normalization import PublicBatchNormalization
 
@@ -69,9 +74,11 @@ def rule_for(layer: tf.keras.layers.Layer) -> Optional[LayerRule]:
 
 
 def supports(net: tf.keras.Model) -> bool:
-    """Whether every trainable layer of a Sequential ``net`` has a usable per-example rule."""
-    return isinstance(net, tf.keras.Sequential) and all(
-        not layer.trainable_weights or rule_for(layer) is not None for layer in net.layers)
+    """Whether the fast path applies: ``net`` is a graph network (``Sequential`` or
+    functional, one input and one output) and each of its trainable layers has a usable
+    per-example rule. A nested model counts as a layer without a rule."""
+    return (graph.is_graph_network(net) and len(net.inputs) == 1 and len(net.outputs) == 1
+            and all(not layer.trainable_weights or rule_for(layer) is not None for layer in net.layers))
 
 
 # --------------------------------------------------------------------------- safety
@@ -93,6 +100,8 @@ _PER_EXAMPLE_LAYERS = {
     # trainable, per-example, but no fast rule (exact through tf.vectorized_map)
     L.Conv1D, L.Conv3D, L.DepthwiseConv2D, L.SeparableConv2D, L.Conv2DTranspose,
     L.LayerNormalization, L.Embedding, L.EinsumDense,
+    # ours (tfdprobust.layers): shape-only and elementwise
+    layers.PadShortcut, layers.TemperedSigmoid,
 }
 
 
@@ -181,6 +190,32 @@ def _conv2d_rule() -> LayerRule:
     return LayerRule(forward, grads, applies)
 
 
+@register_rule(layers.WSConv2D)
+def _ws_conv2d_rule() -> LayerRule:
+    conv = _conv2d_rule()
+
+    def grads(layer, a, dpre):
+        # The conv rule gives each example's gradient with respect to the standardized
+        # kernel w^ = (w - mean) / s; pull it back through the standardization (a function
+        # of the weights only, so the same Jacobian for every example): the batch-norm
+        # backward formula over each output channel's fan-in,
+        # dw = (g - mean(g) - w^ * mean(g * w^)) / s.
+        out = conv.grads(layer, a, dpre)
+        kernel = layer.kernel
+        fan_in_axes = list(range(len(kernel.shape) - 1))
+        mean, variance = tf.nn.moments(kernel, axes=fan_in_axes, keepdims=True)
+        inv_s = tf.math.rsqrt(variance + layer.ws_epsilon)
+        w_hat = (kernel - mean) * inv_s
+        g = out[0]
+        axes = [1 + k for k in fan_in_axes]
+        g_mean = tf.reduce_mean(g, axis=axes, keepdims=True)
+        gw_mean = tf.reduce_mean(g * w_hat, axis=axes, keepdims=True)
+        out[0] = (g - g_mean - w_hat * gw_mean) * inv_s
+        return out
+
+    return LayerRule(conv.forward, grads, conv.applies)
+
+
 def _affine_norm_grads(xhat, dpre, layer) -> List[tf.Tensor]:
     axes = list(range(1, len(dpre.shape) - 1))
     out = []
@@ -240,12 +275,18 @@ def row_losses(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tf.T
 
 
 def per_example_gradients(
-    net: tf.keras.Sequential, inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor
+    net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor
 ) -> Tuple[List[tf.Tensor], tf.Tensor]:
     """Per-row gradients of :func:`row_losses` by one forward and one backward pass.
 
+    The forward pass walks the network's layer graph (:func:`tfdprobust.graph.run`), so
+    residual additions and concatenations are followed exactly as Keras would; at every
+    layer with a rule, the rule's ``forward`` replaces the call and its input and
+    pre-activation are recorded. A layer used at several places in the graph gets the
+    sum of its per-use gradients, which is its true per-example gradient.
+
     Args:
-        net: a Sequential network for which :func:`supports` is true.
+        net: a network for which :func:`supports` is true.
         inputs: ``[rows, ...]`` images.
         labels: ``[rows]`` int labels.
         weights: ``[rows]`` loss weights.
@@ -254,24 +295,25 @@ def per_example_gradients(
         ``(grads, logits)``: ``grads[k]`` is ``[rows, *net.trainable_variables[k].shape]``.
     """
     records = []
+
+    def hook(layer, args, kwargs):
+        rule = rule_for(layer) if layer.trainable_weights else None
+        if rule is None:
+            return None
+        a = args[0]
+        pre, out = rule.forward(layer, a)
+        records.append((layer, rule, a, pre))
+        return out
+
     with tf.GradientTape() as tape:
-        h = inputs
-        for layer in net.layers:
-            rule = rule_for(layer) if layer.trainable_weights else None
-            if rule is None:
-                h = layer(h, training=False)
-                continue
-            pre, out = rule.forward(layer, h)
-            records.append((layer, rule, h, pre))
-            h = out
-        logits = h
+        logits = graph.run(net, inputs, hook)
         total = tf.reduce_sum(row_losses(logits, labels, weights))
     dpres = tape.gradient(total, [r[3] for r in records],
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     by_var: Dict[int, tf.Tensor] = {}
     for (layer, rule, a, _), dpre in zip(records, dpres):
         for weight, grad in zip(layer.trainable_weights, rule.grads(layer, a, dpre)):
-            by_var[id(weight)] = grad
+            by_var[id(weight)] = by_var[id(weight)] + grad if id(weight) in by_var else grad
     return [by_var[id(v)] for v in net.trainable_variables], logits
 
 

@@ -28,6 +28,7 @@ Example:
 import abc
 import dataclasses
 import math
+from typing import Tuple
 
 import dp_accounting
 
@@ -83,8 +84,15 @@ class BatchSampler(abc.ABC):
         """
 
     @abc.abstractmethod
-    def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
-        """The event of ``steps`` DP-SGD steps with noise multiplier sigma on these batches."""
+    def dp_event(self, noise_multiplier: float, steps: int,
+                 extra_noise_multipliers: Tuple[float, ...] = ()) -> dp_accounting.DpEvent:
+        """The event of ``steps`` DP-SGD steps with noise multiplier sigma on these batches.
+
+        Args:
+            extra_noise_multipliers: further Gaussian releases made on every step's batch,
+                each given as its noise std over its add-or-remove-one sensitivity (e.g. the
+                noised clipped-example count of adaptive clipping, :mod:`tfdprobust.clipping`).
+        """
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -115,10 +123,14 @@ class PoissonSampler(BatchSampler):
         # generator); the dataset holds one reference to the arrays, not a copy per step.
         return tf.data.Dataset.from_tensors((x, y)).repeat().map(select).prefetch(2)
 
-    def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    def dp_event(self, noise_multiplier: float, steps: int,
+                 extra_noise_multipliers: Tuple[float, ...] = ()) -> dp_accounting.DpEvent:
+        # Every release of a step sees the same Poisson batch: the sampled event is their
+        # composition (dp_accounting's RDP accountant handles Gaussians composed under one
+        # PoissonSampledDpEvent exactly, as one Gaussian of the combined multiplier).
         return dp_accounting.SelfComposedDpEvent(
             dp_accounting.PoissonSampledDpEvent(
-                self.sampling_probability, dp_accounting.GaussianDpEvent(noise_multiplier)),
+                self.sampling_probability, step_event(noise_multiplier, extra_noise_multipliers)),
             steps)
 
     def describe(self) -> str:
@@ -145,16 +157,27 @@ class ShuffleSampler(BatchSampler):
     def epochs_touched(self, steps: int) -> int:
         return math.ceil(steps / self.steps_per_epoch)
 
-    def dp_event(self, noise_multiplier: float, steps: int) -> dp_accounting.DpEvent:
+    def dp_event(self, noise_multiplier: float, steps: int,
+                 extra_noise_multipliers: Tuple[float, ...] = ()) -> dp_accounting.DpEvent:
         # Replace-one: an example's batch sum moves by up to 2C, so the Gaussian of std
-        # sigma*C has noise multiplier sigma/2 relative to the sensitivity. Each started
+        # sigma*C has noise multiplier sigma/2 relative to the sensitivity; the same holds
+        # for every extra release (twice its add-or-remove sensitivity). Each started
         # epoch touches the example once (parallel composition inside an epoch).
         return dp_accounting.SelfComposedDpEvent(
-            dp_accounting.GaussianDpEvent(noise_multiplier / 2), self.epochs_touched(steps))
+            step_event(noise_multiplier / 2, tuple(m / 2 for m in extra_noise_multipliers)),
+            self.epochs_touched(steps))
 
     def describe(self) -> str:
         return ("shuffled batches (each example once per epoch): replace-one adjacency with "
                 "sensitivity 2C, no amplification by sampling, one Gaussian mechanism per epoch")
+
+
+def step_event(noise_multiplier: float, extra_noise_multipliers: Tuple[float, ...] = ()) -> dp_accounting.DpEvent:
+    """The Gaussian releases of one step: the gradient's, then any extra ones, composed."""
+    gradient = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if not extra_noise_multipliers:
+        return gradient
+    return dp_accounting.ComposedDpEvent([gradient, *(dp_accounting.GaussianDpEvent(m) for m in extra_noise_multipliers)])
 
 
 def make_sampler(name: str, num_examples: int, batch_size: int) -> BatchSampler:

@@ -14,8 +14,11 @@ callbacks and progress bars work as usual. For each batch it:
    ``(1 - w) * CE(clean_i) + w * CE(adversarial_i)``, combined *before* clipping, so
    each example yields exactly one gradient (clipping the clean and adversarial copies
    separately would double the sensitivity);
-4. clips each example's gradient to C, sums, adds N(0, (sigma C)^2) once, divides by
-   the expected batch size, and applies the optimizer.
+4. clips each example's gradient to C with the configured strategy
+   (:data:`tfdprobust.clipping.CLIPPINGS`: flat, per-layer, automatic or adaptive), sums,
+   adds N(0, (sigma C)^2) once, divides by the expected batch size, and applies the
+   optimizer (which may know sigma, C and B: :mod:`tfdprobust.optimizers`); adaptive
+   clipping then moves C from a noised count drawn from the same secret generator.
 
 Two interchangeable DP paths compute step 4 (``DPConfig.path``):
 
@@ -36,7 +39,7 @@ from typing import List, Optional, Tuple
 import tensorflow as tf
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
-from tfdprobust import accounting, attacks, clipping, per_example, randomness
+from tfdprobust import accounting, attacks, clipping, diagnostics, optimizers, per_example, randomness
 from tfdprobust.errors import UsageError, require
 from tfdprobust.normalization import has_public_normalization, update_public_statistics
 from tfdprobust.registry import Registry
@@ -45,21 +48,10 @@ DP_PATHS = ("vectorized", "tf_privacy")
 
 
 # --------------------------------------------------------------------------- optimizers
-@dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-    """A Keras-2 (legacy) optimizer class and the fixed keyword arguments it gets."""
-
-    keras_class: type
-    kwargs: Tuple[Tuple[str, float], ...] = ()
-
-
-OPTIMIZERS: Registry = Registry("optimizer")
-L = tf.keras.optimizers.legacy
-OPTIMIZERS.register("sgd")(OptimizerSpec(L.SGD))
-OPTIMIZERS.register("momentum")(OptimizerSpec(L.SGD, (("momentum", 0.9),)))  # heavy ball
-OPTIMIZERS.register("adam")(OptimizerSpec(L.Adam))
-OPTIMIZERS.register("rmsprop")(OptimizerSpec(L.RMSprop))
-OPTIMIZERS.register("adagrad")(OptimizerSpec(L.Adagrad))
+# The registry lives in tfdprobust.optimizers (entries may see sigma, C and B); these names
+# stay importable from here for existing callers.
+OptimizerSpec = optimizers.OptimizerSpec
+OPTIMIZERS: Registry = optimizers.OPTIMIZERS
 
 
 # --------------------------------------------------------------------------- configs
@@ -75,6 +67,13 @@ class DPConfig:
         insecure_noise_seed: ``None`` (private): the noise comes from OS entropy. An
             integer replays the noise from it, which voids the DP guarantee; only
             ``--insecure_reproducible_noise`` sets it.
+        clipping: a :data:`tfdprobust.clipping.CLIPPINGS` strategy: ``flat`` (default),
+            ``per_layer``, ``automatic`` or ``adaptive`` (``l2_clip`` is then the initial C).
+        auto_gamma: gamma of automatic clipping, ``C g / (||g|| + gamma)``.
+        target_quantile: adaptive clipping's target fraction of unclipped examples.
+        quantile_learning_rate: adaptive clipping's geometric step ``C <- C exp(-lr (f - q))``.
+        count_noise: std of the noise on adaptive clipping's unclipped count; ``None`` is
+            B / 20, Andrew et al.'s recommendation. Its release is composed into epsilon.
     """
 
     enabled: bool = True
@@ -82,6 +81,11 @@ class DPConfig:
     noise_multiplier: float = 7.1
     path: str = "vectorized"
     insecure_noise_seed: Optional[int] = None
+    clipping: str = "flat"
+    auto_gamma: float = 0.01
+    target_quantile: float = 0.5
+    quantile_learning_rate: float = 0.2
+    count_noise: Optional[float] = None
 
     def __post_init__(self):
         require(math.isfinite(self.l2_clip) and self.l2_clip > 0,
@@ -89,6 +93,20 @@ class DPConfig:
         require(math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0,
                 f"--noise must be a finite number >= 0 (the noise multiplier sigma), got {self.noise_multiplier}")
         require(self.path in DP_PATHS, f"--dp_path must be one of {', '.join(DP_PATHS)}, got {self.path!r}")
+        clipping.CLIPPINGS.get(self.clipping)  # a UsageError listing the strategies
+        require(self.clipping == "flat" or self.path == "vectorized",
+                f"--clipping={self.clipping} needs --dp_path=vectorized (tensorflow-privacy clips flat)")
+        require(math.isfinite(self.auto_gamma) and self.auto_gamma > 0,
+                f"--auto_gamma must be a finite number > 0, got {self.auto_gamma}")
+        require(0 < self.target_quantile < 1, f"--target_quantile must be in (0, 1), got {self.target_quantile}")
+        require(math.isfinite(self.quantile_learning_rate) and self.quantile_learning_rate > 0,
+                f"--quantile_learning_rate must be a finite number > 0, got {self.quantile_learning_rate}")
+        require(self.count_noise is None or (math.isfinite(self.count_noise) and self.count_noise > 0),
+                f"--count_noise must be a finite number > 0, got {self.count_noise}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.enabled and self.clipping == "adaptive"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +132,11 @@ class TrainConfig:
     adv_weight: float = 1.0
 
     def __post_init__(self):
-        OPTIMIZERS.get(self.optimizer)
+        spec = OPTIMIZERS.get(self.optimizer)
+        require(not getattr(spec, "requires_dp", False) or self.dp.enabled,
+                f"--optimizer={self.optimizer} corrects for DP noise; use it with --dp (or adam with --nodp)")
+        require(spec.keras_class is not None or not (self.dp.enabled and self.dp.path == "tf_privacy"),
+                f"--optimizer={self.optimizer} cannot be wrapped by tensorflow-privacy; use --dp_path=vectorized")
         require(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1e6,
                 f"--learning_rate must be a finite number in (0, 1e6], got {self.learning_rate}")
         require(self.expected_batch_size > 0, f"--batch_size must be > 0, got {self.expected_batch_size}")
@@ -124,16 +146,36 @@ class TrainConfig:
     def robust(self) -> bool:
         return self.attack is not None and self.adv_weight > 0
 
-    def make_optimizer(self) -> tf.keras.optimizers.Optimizer:
-        """The optimizer for this config: plain Keras, or tensorflow-privacy's DP version."""
+    @property
+    def count_noise_std(self) -> float:
+        """Std of adaptive clipping's count noise (default B / 20, Andrew et al.)."""
+        return self.dp.count_noise if self.dp.count_noise is not None else self.expected_batch_size / 20.0
+
+    @property
+    def extra_noise_multipliers(self) -> Tuple[float, ...]:
+        """Noise multipliers of the releases each step makes besides the gradient (for accounting)."""
+        if self.dp.adaptive:
+            return (clipping.count_noise_multiplier(self.count_noise_std),)
+        return ()
+
+    def noise_scale(self, clip_bound=None) -> Optional[optimizers.NoiseScale]:
+        """sigma, C (or the adaptive bound's variable) and B of the private gradient."""
+        if not self.dp.enabled:
+            return None
+        return optimizers.NoiseScale(self.dp.noise_multiplier,
+                                     clip_bound if clip_bound is not None else self.dp.l2_clip,
+                                     self.expected_batch_size)
+
+    def make_optimizer(self, clip_bound=None) -> tf.keras.optimizers.Optimizer:
+        """The optimizer for this config: plain Keras, noise-aware (sees sigma, C and B), or
+        tensorflow-privacy's DP version of a Keras class."""
         spec = OPTIMIZERS.get(self.optimizer)
-        kwargs = dict(spec.kwargs, learning_rate=self.learning_rate)
         if self.dp.enabled and self.dp.path == "tf_privacy":
             dp_class = dp_optimizer_keras.make_keras_optimizer_class(spec.keras_class)
             # num_microbatches=None: one microbatch per example, i.e. per-example clipping.
             return dp_class(l2_norm_clip=self.dp.l2_clip, noise_multiplier=self.dp.noise_multiplier,
-                            num_microbatches=None, **kwargs)
-        return spec.keras_class(**kwargs)
+                            num_microbatches=None, **dict(spec.kwargs, learning_rate=self.learning_rate))
+        return spec.build(self.learning_rate, self.noise_scale(clip_bound))
 
 
 # --------------------------------------------------------------------------- the model
@@ -141,7 +183,7 @@ class PrivateRobustModel(tf.keras.Model):
     """A Keras model whose ``train_step`` does adversarial training with DP-SGD.
 
     Args:
-        net: the inference network (``Sequential``, images in [0, 1] -> logits). It is
+        net: the inference network (``Sequential`` or functional, images in [0, 1] -> logits). It is
             what gets exported; this wrapper only adds the training logic.
         config: :class:`TrainConfig`.
         public_images: the public normalization batch, required iff ``net`` has
@@ -156,8 +198,8 @@ class PrivateRobustModel(tf.keras.Model):
         >>> x = np.random.default_rng(0).random((16, 28, 28, 1), np.float32)
         >>> y = np.arange(16) % 10
         >>> history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-        >>> sorted(history.history)
-        ['acc', 'adv_acc', 'loss']
+        >>> sorted(k for k in history.history if not k.startswith("diag_"))  # diag_*: private diagnostics
+        ['acc', 'adv_acc', 'clip_bound', 'dropped', 'loss']
     """
 
     def __init__(self, net: tf.keras.Sequential, config: TrainConfig, public_images=None, **kwargs):
@@ -166,6 +208,9 @@ class PrivateRobustModel(tf.keras.Model):
             per_example.validate_network(net)
             # Secret (OS-entropy) noise unless the insecure flag replays it; never saved.
             self.noise_generator = randomness.noise_generator(config.dp.insecure_noise_seed)
+        # The clipping bound C as a variable: constant, except under adaptive clipping where
+        # quantile_update moves it from noised counts (post-processing, covered by epsilon).
+        self.clip_bound = tf.Variable(float(config.dp.l2_clip), trainable=False, name="clip_bound")
         needs_public = has_public_normalization(net)
         require(not needs_public or public_images is not None,
                 "the network uses public-data normalization but no public images were given; "
@@ -181,7 +226,8 @@ class PrivateRobustModel(tf.keras.Model):
         self.dropped = tf.keras.metrics.Sum(name="dropped")
 
     def compile(self, **kwargs):
-        kwargs.setdefault("optimizer", self.config.make_optimizer())
+        kwargs.setdefault("optimizer", self.config.make_optimizer(
+            self.clip_bound if self.config.dp.adaptive else None))
         super().compile(**kwargs)
 
     @property
@@ -249,15 +295,30 @@ class PrivateRobustModel(tf.keras.Model):
         return per_example.fold_rows(grads, copies), logits
 
     def private_gradients(self, x, x_adv, y) -> Tuple[List[tf.Tensor], tf.Tensor]:
-        """The DP-SGD gradient of the fast path (clip each example to C, sum, secret
-        noise, divide by the expected batch size), and the row logits."""
+        """The DP-SGD gradient of the fast path (clip each example with the configured
+        strategy to C, sum, secret noise, divide by the expected batch size), and the row
+        logits. Under adaptive clipping, also moves C with a noised count (same secret
+        generator) for the next step."""
+        noisy, logits, _ = self.private_step(x, x_adv, y)
+        return noisy, logits
+
+    def private_step(self, x, x_adv, y):
+        """:meth:`private_gradients` plus this step's clipping diagnostics (a dict of scalars,
+        computed on the private batch: NOT covered by epsilon, see :mod:`tfdprobust.diagnostics`)."""
         dp = self.config.dp
         grads, logits = self.per_example_gradients(x, x_adv, y)
-        noisy, norms = clipping.privatize(grads, dp.l2_clip, dp.noise_multiplier,
-                                          normalizer=self.config.expected_batch_size,
-                                          generator=self.noise_generator)
+        bound = self.clip_bound.read_value()
+        clipped, norms = clipping.clip(grads, bound, dp.clipping, dp.auto_gamma)
+        summed = [tf.reduce_sum(g, axis=0) for g in clipped]
+        noised = clipping.add_gaussian_noise(summed, dp.noise_multiplier, bound, self.noise_generator)
+        noisy = [g / tf.cast(self.config.expected_batch_size, g.dtype) for g in noised]
         self.dropped.update_state(tf.cast(clipping.dropped_count(norms), tf.float32))
-        return noisy, logits
+        diag = diagnostics.clipping_diagnostics(grads, summed, norms, bound, dp.noise_multiplier)
+        if dp.adaptive:
+            clipping.quantile_update(norms, self.clip_bound, dp.target_quantile, dp.quantile_learning_rate,
+                                     self.config.count_noise_std, self.config.expected_batch_size,
+                                     self.noise_generator)
+        return noisy, logits, diag
 
     # -- Keras hooks --------------------------------------------------------------
     def train_step(self, data):
@@ -268,7 +329,7 @@ class PrivateRobustModel(tf.keras.Model):
         variables = self.net.trainable_variables
         dp = self.config.dp
         if dp.enabled and dp.path == "vectorized":
-            grads, logits = self.private_gradients(x, x_adv, y)
+            grads, logits, diag = self.private_step(x, x_adv, y)
             self.optimizer.apply_gradients(zip(grads, variables))
         else:
             with tf.GradientTape() as tape:
@@ -277,7 +338,12 @@ class PrivateRobustModel(tf.keras.Model):
                 objective = losses if dp.enabled else tf.reduce_mean(losses)
             self.optimizer.minimize(objective, variables, tape=tape)
         self._update_metrics(x, y, logits)
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        if dp.enabled and dp.path == "vectorized":
+            # Per-step values (not running means) so TensorBoard shows each step; the C used
+            # by this step is what clip_bound logs.
+            logs.update(diag)
+        return logs
 
     def _update_metrics(self, x, y, row_logits):
         """Batch metrics from the logits the step already computed (before the update).

@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 
-from tfdprobust import accounting, attacks, data, export, models, randomness, sampling, train_step
+from tfdprobust import (accounting, attacks, data, diagnostics, export, models, randomness, resources, sampling,
+                        train_step)
 from tfdprobust.data import DataConfig
 from tfdprobust.errors import require
 from tfdprobust.models import ModelConfig
@@ -61,6 +62,8 @@ class RunConfig:
         insecure_reproducible_noise: replay noise and sampling from ``seed`` too. The run
             then has NO DP guarantee, and its output and metadata say so.
         verbose: Keras verbosity (1 = progress bars).
+        tensorboard_dir: parent folder of the per-step TensorBoard logs of the clipping
+            diagnostics (``<tensorboard_dir>/<run name>``); ``None``: no TensorBoard logs.
     """
 
     data: DataConfig = DataConfig()
@@ -81,6 +84,7 @@ class RunConfig:
     seed: int = 0
     insecure_reproducible_noise: bool = False
     verbose: int = 1
+    tensorboard_dir: Optional[str] = None
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -129,7 +133,7 @@ def accounting_spec(cfg: RunConfig, num_examples: int) -> accounting.AccountingS
     return accounting.AccountingSpec(
         num_examples=num_examples, batch_size=cfg.batch_size, epochs=cfg.epochs,
         noise_multiplier=cfg.train.dp.noise_multiplier, delta=cfg.delta, sampling=cfg.sampling,
-        accountant=cfg.accountant)
+        accountant=cfg.accountant, extra_noise_multipliers=cfg.train.extra_noise_multipliers)
 
 
 def resolve_noise(cfg: RunConfig, num_examples: int) -> RunConfig:
@@ -225,18 +229,21 @@ def guarantee(cfg: RunConfig, spec: Optional[accounting.AccountingSpec]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Trained:
-    """What :func:`train` returns: the trainer, Keras history, steps taken, sampler, time."""
+    """What :func:`train` returns: the trainer, Keras history, steps taken, sampler, time,
+    time/memory figures and the clipping diagnostics (private: not covered by epsilon)."""
 
     trainer: train_step.PrivateRobustModel
     history: tf.keras.callbacks.History
     steps: int
     sampler: sampling.BatchSampler
     seconds: float
+    resources: Optional[Dict[str, Any]] = None
+    diagnostics: Optional[Dict[str, Any]] = None
 
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
           spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print,
-          monitor: Optional[data.ImageData] = None) -> Trained:
+          monitor: Optional[data.ImageData] = None, log_dir: Optional[str] = None) -> Trained:
     """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
 
     Batches come from the run's sampler, drawn from a secret generator; after the
@@ -248,6 +255,7 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         monitor: non-private images (e.g. the test split) on which
             :class:`~tfdprobust.train_step.DivergenceGuard` watches the loss; without them
             it only checks that the weights stay finite.
+        log_dir: TensorBoard folder for the per-step clipping diagnostics (``None``: none).
 
     Raises:
         RuntimeError: if the optimizer's step count differs from the sampler's plan (the
@@ -264,21 +272,27 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     dp = cfg.train.dp
     log(f"training {cfg.model.name} ({cfg.model.norm}) on {len(private)} private examples: {cfg.epochs} "
         f"epoch(s) x {sampler.steps_per_epoch} steps, {cfg.sampling} batches of {cfg.batch_size}, "
-        + (f"DP-SGD sigma={dp.noise_multiplier:.4g} C={dp.l2_clip:g} ({dp.path} path)" if dp.enabled else "no DP")
+        + (f"DP-SGD sigma={dp.noise_multiplier:.4g} C={dp.l2_clip:g} {dp.clipping} clipping ({dp.path} path), "
+           f"{cfg.train.optimizer}" if dp.enabled else f"no DP, {cfg.train.optimizer}")
         + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
            f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
     start = time.time()
     guard = (train_step.DivergenceGuard(monitor.x, monitor.y) if monitor is not None
              else train_step.DivergenceGuard())
+    monitor_resources = resources.ResourceMonitor(sampler.steps_per_epoch * cfg.batch_size)
+    # Only the fast DP path computes diagnostics; other runs write no (empty) TensorBoard log.
+    logs_diagnostics = dp.enabled and dp.path == "vectorized"
+    diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir if logs_diagnostics else None)
     history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
-                             callbacks=[guard])
+                             callbacks=[guard, monitor_resources, diagnostics_logger])
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
     if steps != planned:
         raise RuntimeError(f"the optimizer took {steps} steps but the sampler planned {planned}; "
                            "refusing to report an epsilon for steps that did not run as accounted")
-    return Trained(trainer, history, steps, sampler, seconds)
+    return Trained(trainer, history, steps, sampler, seconds, monitor_resources.summary(),
+                   diagnostics_logger.summary() if logs_diagnostics else None)
 
 
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -305,7 +319,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     spec = accounting_spec(cfg, n) if dp.enabled else None
     if cfg.insecure_reproducible_noise and dp.enabled:
         log(randomness.INSECURE_WARNING)
-    trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test)
+    log_dir = os.path.join(cfg.tensorboard_dir, name) if cfg.tensorboard_dir else None
+    trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
     metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
                            preset=cfg.eval_preset, examples=cfg.eval_examples)
@@ -331,6 +346,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "dp_path": dp.path if dp.enabled else None,
         "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0,
         "l2_clip": dp.l2_clip if dp.enabled else None,
+        "clipping": dp.clipping if dp.enabled else None,
+        "clipping_settings": _clipping_settings(cfg) if dp.enabled else None,
         "delta": cfg.delta if dp.enabled else None,
         "accountant": cfg.accountant if dp.enabled else None,
         "adjacency": sampler.adjacency if dp.enabled else None,
@@ -345,16 +362,23 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "train_attack": dataclasses.asdict(cfg.train.attack) if cfg.train.robust else None,
         "adv_weight": cfg.train.adv_weight if cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(cfg.eval_attack) if cfg.eval_attack else None,
-        "train_seconds": trained.seconds,
         "seed": cfg.seed,
         "versions": package_versions(),
         **metrics,
     }
     if cfg.export_dir is not None:
+        # metadata.json gets `result` as it stands: nothing computed on private batches.
         path = os.path.join(cfg.export_dir, name)  # as given: recorded paths stay portable
         export.export_model(trainer.net, path, result)
         result["export_path"] = path
         result["results_path"] = path + ".json"
+    # Only the run JSON (beside the export) and the returned dict carry these. Timing depends
+    # weakly on the realised batch sizes; the diagnostics are private-batch statistics.
+    result["resources"] = {**(trained.resources or {}), "train_seconds": trained.seconds,
+                           "note": "not in metadata.json: wall time depends on the (private) realised batch sizes"}
+    if trained.diagnostics is not None:
+        result[diagnostics.RESULT_KEY] = trained.diagnostics
+    if cfg.export_dir is not None:
         export.write_json_atomic(result["results_path"], result)
     return result
 
@@ -363,6 +387,24 @@ def _shown(path: str) -> str:
     """``path`` relative to the working directory when it lies below it (portable logs)."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+def _clipping_settings(cfg: RunConfig) -> Dict[str, Any]:
+    """The knobs of the configured clipping strategy, and what its accounting composes."""
+    dp = cfg.train.dp
+    out: Dict[str, Any] = {"strategy": dp.clipping}
+    if dp.clipping == "automatic":
+        out.update(gamma=dp.auto_gamma, note="contribution C * g / (||g|| + gamma) < C (Bu et al. AUTO-S)")
+    if dp.adaptive:
+        out.update(initial_l2_clip=dp.l2_clip, target_quantile=dp.target_quantile,
+                   quantile_learning_rate=dp.quantile_learning_rate, count_noise_std=cfg.train.count_noise_std,
+                   count_noise_multiplier=cfg.train.extra_noise_multipliers[0],
+                   note="the noised unclipped count of every step is composed into epsilon")
+    return out
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def summary(result: Dict[str, Any]) -> str:
@@ -382,6 +424,20 @@ def summary(result: Dict[str, Any]) -> str:
                      f"(sigma={result['noise_multiplier']:.4g}, {result['steps']} steps, {result['sampling']} "
                      f"sampling, {result['adjacency']} adjacency, {result['accountant'].upper()})")
     lines.append(f"guarantee           : {result['guarantee']}")
+    res = result.get("resources") or {}
+    if res.get("epoch_seconds"):
+        gpu = res.get("peak_gpu_memory_mb")
+        lines.append(f"time and memory     : {res['train_seconds']:.1f} s training, "
+                     f"{', '.join(f'{s:.1f}' for s in res['epoch_seconds'])} s per epoch, "
+                     f"{res['examples_per_second']:.1f} examples/s, peak host RSS {res['peak_host_rss_mb']:.0f} MB"
+                     + (f", peak GPU {gpu:.0f} MB" if gpu is not None else " (no GPU)"))
+    diag = result.get(diagnostics.RESULT_KEY)
+    if diag and diag.get("diag_clipped_fraction"):
+        mean = {k: (diag[k]["mean"] if k in diag else None) for k in diagnostics.KEYS}
+        lines.append("clipping diagnostics: NOT covered by epsilon (private batches): mean clipped fraction "
+                     f"{_fmt(mean['diag_clipped_fraction'])}, median norm {_fmt(mean['diag_norm_p50'])}, "
+                     f"clip-bias cosine {_fmt(mean['diag_clip_bias_cosine'])}, SNR {_fmt(mean['diag_snr'])}, "
+                     f"final C {_fmt(diag['clip_bound']['last'])}")
     if "export_path" in result:
         lines.append(f"SavedModel          : {_shown(result['export_path'])}")
         lines.append(f"results JSON        : {_shown(result['results_path'])}")

@@ -32,15 +32,21 @@ flags.DEFINE_integer("public_examples", 128, "Size of the public normalization b
 flags.DEFINE_integer("max_train", 0, "Use at most this many training examples (0 = all).")
 flags.DEFINE_integer("max_test", 0, "Evaluate on at most this many test examples (0 = all).")
 # Model
-flags.DEFINE_string("model", "cnn", "Network: cnn (SIDP/Opacus MNIST CNN) or lenet.")
+flags.DEFINE_string("model", "cnn", "Network: cnn (SIDP/Opacus MNIST CNN), lenet, resnet20 (He et al. CIFAR "
+                    "ResNet-20, functional) or tempered_cnn (Papernot et al. tempered-sigmoid CIFAR CNN).")
 flags.DEFINE_string("norm", "public_bn", "Normalization: none, public_bn (statistics from public data) or group.")
 flags.DEFINE_string("activation", "relu", "Hidden activation: relu or tanh.")
+flags.DEFINE_integer("groups", 4, "Preferred number of groups of --norm=group (the largest divisor of the channel "
+                     "count not above it is used).")
+flags.DEFINE_boolean("weight_standardization", False, "Standardize every convolution kernel (resnet20, "
+                     "tempered_cnn).")
 # Optimization and privacy
 flags.DEFINE_integer("epochs", 1, "Passes over the private data.")
 flags.DEFINE_integer("batch_size", 250, "(Expected) batch size.")
 flags.DEFINE_float("learning_rate", None, "Learning rate eta (default: 4.0 with --dp, where gradients are clipped to "
                    "--l2_clip; 0.1 with --nodp).")
-flags.DEFINE_string("optimizer", "momentum", "sgd, momentum (heavy ball 0.9), adam, rmsprop or adagrad.")
+flags.DEFINE_string("optimizer", "momentum", "sgd, momentum (heavy ball 0.9), adam, rmsprop, adagrad or dp_adambc "
+                    "(Adam with the DP-noise variance (sigma C / B)^2 removed from its second moment; needs --dp).")
 flags.DEFINE_boolean("dp", True, "Train with DP-SGD; --nodp trains the non-private baseline.")
 flags.DEFINE_string("dp_path", "vectorized", "vectorized (fast per-example path) or tf_privacy (its DP optimizers).")
 flags.DEFINE_float("l2_clip", 0.1, "Per-example gradient clipping norm C (small C with a large learning rate is "
@@ -51,6 +57,14 @@ flags.DEFINE_float("target_epsilon", None, "Calibrate sigma to this epsilon (ove
 flags.DEFINE_string("sampling", "poisson", "Batches: poisson (add-or-remove-one, amplified guarantee) or shuffle "
                     "(replace-one adjacency, no amplification).")
 flags.DEFINE_string("accountant", "rdp", "Privacy accountant (dp_accounting): rdp or pld (tighter).")
+flags.DEFINE_string("clipping", "flat", "Per-example clipping: flat, per_layer, automatic (Bu et al.: C g / (||g|| + "
+                    "gamma)) or adaptive (Andrew et al.: C tracks --target_quantile from noised counts, composed "
+                    "into epsilon; --l2_clip is the initial C).")
+flags.DEFINE_float("auto_gamma", 0.01, "gamma of --clipping=automatic.")
+flags.DEFINE_float("target_quantile", 0.5, "--clipping=adaptive: target fraction of unclipped examples.")
+flags.DEFINE_float("quantile_learning_rate", 0.2, "--clipping=adaptive: step of the geometric update of C.")
+flags.DEFINE_float("count_noise", None, "--clipping=adaptive: noise std on the unclipped count (default batch "
+                   "size / 20).")
 # Adversarial training
 flags.DEFINE_string("attack", "pgd_linf", "Training attack: none, pgd_linf or pgd_l2.")
 flags.DEFINE_float("eps", 0.1, "Attack radius (pixel scale [0, 1]).")
@@ -72,6 +86,8 @@ flags.DEFINE_integer("seed", 0, "Seed of initialization, data splits and attack 
 flags.DEFINE_boolean("insecure_reproducible_noise", False, "Replay DP noise and batch sampling from --seed. "
                      "INSECURE: the run then has no DP guarantee, and its output and metadata say so.")
 flags.DEFINE_integer("verbose", 1, "1 = progress bars, 0 = quiet.")
+flags.DEFINE_string("tensorboard_dir", None, "Write per-step clipping diagnostics (private: not covered by epsilon) "
+                    "to <tensorboard_dir>/<run name> for TensorBoard.")
 
 ATTACK_CHOICES = ("none", "pgd_linf", "pgd_l2")
 # Chosen from runs on the offline MNIST data (experiments/mnist/README.md): clipped
@@ -95,7 +111,13 @@ def config_from_flags():
                  ("insecure_reproducible_noise", not FLAGS.dp, "--nodp adds no noise"),
                  ("adv_weight", FLAGS.attack == "none", "--attack=none trains without adversarial examples"),
                  ("step_size", FLAGS.attack == "none", "--attack=none runs no training attack"),
-                 ("public_from_private", FLAGS.norm != "public_bn", f"--norm={FLAGS.norm} uses no public data")]
+                 ("public_from_private", FLAGS.norm != "public_bn", f"--norm={FLAGS.norm} uses no public data"),
+                 ("auto_gamma", FLAGS.clipping != "automatic", "only --clipping=automatic uses it"),
+                 ("target_quantile", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
+                 ("quantile_learning_rate", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
+                 ("count_noise", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
+                 ("clipping", not FLAGS.dp, "--nodp clips nothing"),
+                 ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups")]
     for name, clash, why in conflicts:
         require(not (FLAGS[name].present and clash),
                 f"--{name} conflicts with the other flags: {why}; drop --{name}")
@@ -113,7 +135,9 @@ def config_from_flags():
         learning_rate = DP_LEARNING_RATE if FLAGS.dp else NON_DP_LEARNING_RATE
     train = TrainConfig(
         optimizer=FLAGS.optimizer, learning_rate=learning_rate,
-        dp=DPConfig(enabled=FLAGS.dp, l2_clip=FLAGS.l2_clip, noise_multiplier=FLAGS.noise, path=FLAGS.dp_path),
+        dp=DPConfig(enabled=FLAGS.dp, l2_clip=FLAGS.l2_clip, noise_multiplier=FLAGS.noise, path=FLAGS.dp_path,
+                    clipping=FLAGS.clipping, auto_gamma=FLAGS.auto_gamma, target_quantile=FLAGS.target_quantile,
+                    quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise),
         attack=attack, adv_weight=FLAGS.adv_weight)
     return training.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
@@ -122,12 +146,13 @@ def config_from_flags():
                         public_from_private=FLAGS.public_from_private,
                         data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, max_train=FLAGS.max_train,
                         max_test=FLAGS.max_test, seed=FLAGS.seed),
-        model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation),
+        model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation, groups=FLAGS.groups,
+                          weight_standardization=FLAGS.weight_standardization),
         epochs=FLAGS.epochs, sampling=FLAGS.sampling, delta=FLAGS.delta, accountant=FLAGS.accountant,
         insecure_reproducible_noise=FLAGS.insecure_reproducible_noise,
         target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, eval_preset=FLAGS.eval_preset,
         eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
-        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose)
+        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir)
 
 
 def main(argv):
