@@ -20,7 +20,7 @@ import importlib.metadata
 import os
 import secrets
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -201,13 +201,15 @@ class Trained:
 
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
-          spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print) -> Trained:
+          spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Trained:
     """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
 
     Batches come from the run's sampler, drawn from a secret generator; after the
     network is initialized, TensorFlow's global RNG is reseeded from OS entropy too, so
     nothing during training can be replayed from ``cfg.seed`` (unless the run is marked
     insecure). Used by :func:`run` and by every tuning trial, so each gets fresh noise.
+    ``callbacks`` go to Keras' ``fit`` (the experiments record held-out loss with them).
 
     Raises:
         RuntimeError: if the optimizer's step count differs from the sampler's plan (the
@@ -227,7 +229,8 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
            f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
     start = time.time()
-    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose)
+    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, callbacks=callbacks,
+                             verbose=cfg.verbose)
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
