@@ -120,7 +120,7 @@ def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int 
 
     Returns:
         A flat dict: settings, accuracies, epsilon, wall time, the held-out trajectory, and
-        ``diverged`` (held-out loss non-finite or above 10x its start at the end).
+        ``diverged`` (the held-out loss did not fall: non-finite, or at the end not below its start).
     """
     from tfdprobust import accounting, training
 
@@ -137,7 +137,7 @@ def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int 
     trained = training.train(cfg, experiment.train, experiment.public, spec, log, callbacks=callbacks)
     metrics = training.evaluate_net(trained.trainer.net, experiment.test, cfg.eval_attack, 0, log)
     final_loss = record.loss[-1] if record.loss else float("nan")
-    diverged = bool(record.loss) and (not math.isfinite(final_loss) or final_loss > 10 * record.loss[0])
+    diverged = bool(record.loss) and not (math.isfinite(final_loss) and final_loss < record.loss[0])
     out = {
         "dataset": cfg.data.dataset, "model": cfg.model.name, "norm": cfg.model.norm,
         "public": experiment.public.source if experiment.public is not None else None,

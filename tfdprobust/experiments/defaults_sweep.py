@@ -129,6 +129,13 @@ def run_grid(out, data_dir, command):
     return results
 
 
+def _diverged(r):
+    """The held-out loss did not fall over the run (non-finite, or not below its start)."""
+    import math
+    loss = r["trajectory"]["loss"]
+    return not (loss and loss[-1] is not None and math.isfinite(loss[-1]) and loss[-1] < loss[0])
+
+
 def aggregate(rows):
     from tfdprobust.experiments.common import mean_std
     groups = {}
@@ -141,7 +148,7 @@ def aggregate(rows):
                     "clean": mean_std([r["clean_accuracy"] for r in rs]),
                     "robust": mean_std([r["robust_accuracy"] for r in rs]),
                     "final_loss": mean_std([r["trajectory"]["loss"][-1] for r in rs]),
-                    "diverged": sum(r["diverged"] for r in rs), "seeds": [r["seed"] for r in rs],
+                    "diverged": sum(_diverged(r) for r in rs), "seeds": [r["seed"] for r in rs],
                     "wall_seconds": mean_std([r["wall_seconds"] for r in rs])["mean"]})
     agg.sort(key=lambda a: -a["clean"]["mean"])
     return agg
@@ -151,7 +158,7 @@ def write_table(results, out):
     agg = aggregate(results["rows"])
     lines = [f"Command: `{results['command']}`", "",
              "| rank | optimizer | batch | lr | C | attack | adv_w | steps | epsilon | clean acc | PGD acc | "
-             "held-out loss (end) | diverged | seeds | s/run |",
+             "held-out loss (end) | loss did not fall | seeds | s/run |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(agg):
         def ms(d):
@@ -178,7 +185,8 @@ def write_figures(results, out):
     lrs = sorted({a["learning_rate"] for a in agg})
     clips = sorted({a["l2_clip"] for a in agg})
     attack = agg[0]["attack"] if agg else "none"
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.4), squeeze=False,
+                             gridspec_kw={"wspace": 0.15})
     for ax, (opt, bs, w) in zip(axes[0], panels):
         grid_ = np.full((len(clips), len(lrs)), np.nan)
         for a in agg:
@@ -188,10 +196,13 @@ def write_figures(results, out):
         for (ci, li), v in np.ndenumerate(grid_):
             if np.isfinite(v):
                 ax.text(li, ci, f"{v:.2f}", ha="center", va="center", color="w" if v < 0.6 else "k", fontsize=9)
+            else:
+                ax.text(li, ci, "not run", ha="center", va="center", color="0.5", fontsize=8)
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(clips)), [f"{v:g}" for v in clips])
         ax.set_xlabel("learning rate $\\eta$")
-        ax.set_ylabel("clipping norm C")
+        if ax is axes[0][0]:
+            ax.set_ylabel("clipping norm C")
         ax.set_title(f"{opt}, batch {bs}" + (f", w={w:g}" if attack != "none" else ""), fontsize=10)
     fig.colorbar(im, ax=axes[0].tolist(), label="clean test accuracy")
     fig.suptitle(f"One DP epoch, sigma={FLAGS.noise:g}, attack={attack}: clean accuracy (mean over seeds)",
