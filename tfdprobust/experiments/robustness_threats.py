@@ -173,7 +173,8 @@ def write_report(results, out):
             names = ["sgd", "dp"] + [n for n, t in results["groups"].items() if t == g]
             for i, n in enumerate(names):
                 s = allm[n]["sweeps"]["fgsm"]
-                lab = trained[n]["label"] + (" (=C=1)" if g == "noscale" and n == "dp" else "")
+                e = trained[n].get("epsilon")
+                lab = trained[n]["label"] + (f", eps={e:.3g}" if e else ", non-private")
                 ax.plot(s["eps"], s["accuracy"], "o-", ms=2.5, label=lab, color=f"C{i}")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("FGSM $\\varepsilon$")
@@ -238,11 +239,12 @@ def write_report(results, out):
         axes[2].semilogy(range(1, len(ev_) + 1), ev_, "o-", ms=3, color=colors[n],
                          label="SGD" if n == "sgd" else "DP-SGD")
     axes[2].set_xlabel("eigenvalue rank")
-    axes[2].set_ylabel("mean |eigenvalue| of the input Hessian of the loss")
+    axes[2].set_ylabel("mean |eigenvalue| (input Hessian of loss)")
     axes[2].set_title(f"(c) curvature profile ({ev['sgd']['curvature']['examples']} test images)", fontsize=9)
     axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
     fig.suptitle("Fig. 5 analogue: distance to the decision boundary and curvature", fontsize=10)
+    fig.tight_layout()
     fig.savefig(os.path.join(out, "fig5_geometry.png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
