@@ -24,9 +24,12 @@ SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."
 
 
 def command_line() -> str:
-    """The command that is running, as a user would type it."""
-    return "python -m " + os.path.splitext(os.path.relpath(sys.argv[0]))[0].replace("/", ".").lstrip(".") \
-        + "".join(f" {a}" for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith(".py") else " ".join(sys.argv)
+    """The command that is running, as a user would type it (``python -m tfdprobust...``)."""
+    path = sys.argv[0] if sys.argv else ""
+    if path.endswith(".py") and "tfdprobust" in path:
+        module = path[path.rindex("tfdprobust"):-3].replace(os.sep, ".")
+        return " ".join(["python -m", module, *sys.argv[1:]])
+    return " ".join(sys.argv)
 
 
 def fresh_out(out: str, overwrite: bool) -> str:

@@ -87,8 +87,6 @@ def key(r):
 
 
 def run_grid(out, data_dir, command):
-    import numpy as np
-
     from tfdprobust import attacks, data, train_step
     from tfdprobust.experiments import common
 
@@ -254,7 +252,7 @@ def main(argv):
         results["wall_seconds"] = round(time.time() - start, 1)
         common.write_json(os.path.join(out, "results.json"), results)
         common.cleanup_dir(data_dir)
-    agg = write_table(results, out)
+    write_table(results, out)
     write_figures(results, out)
     print(open(os.path.join(out, "table.md")).read())
     return 0
