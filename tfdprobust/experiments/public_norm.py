@@ -210,7 +210,8 @@ def write_figures(results, out):
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (bars: mean; dots: seeds)")
-    axes[0][0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("DP-SGD (sigma=7.1) + PGD adversarial training, with vs without public-data normalization",
                  fontsize=10)
     fig.tight_layout()
