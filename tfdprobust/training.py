@@ -20,7 +20,7 @@ import importlib.metadata
 import os
 import secrets
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -243,13 +243,15 @@ class Trained:
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
           spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print,
-          monitor: Optional[data.ImageData] = None, log_dir: Optional[str] = None) -> Trained:
+          monitor: Optional[data.ImageData] = None, log_dir: Optional[str] = None,
+          callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Trained:
     """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
 
     Batches come from the run's sampler, drawn from a secret generator; after the
     network is initialized, TensorFlow's global RNG is reseeded from OS entropy too, so
     nothing during training can be replayed from ``cfg.seed`` (unless the run is marked
     insecure). Used by :func:`run` and by every tuning trial, so each gets fresh noise.
+    ``callbacks`` go to Keras' ``fit`` (the experiments record held-out loss with them).
 
     Args:
         monitor: non-private images (e.g. the test split) on which
@@ -284,7 +286,7 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     logs_diagnostics = dp.enabled and dp.path == "vectorized"
     diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir if logs_diagnostics else None)
     history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
-                             callbacks=[guard, monitor_resources, diagnostics_logger])
+                             callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks])
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
