@@ -32,7 +32,7 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     results = json.loads((tmp_path / "smoke.json").read_text())
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["epsilon"] == results["epsilon"] and 0 < results["epsilon"] < float("inf")
-    assert meta["noise_multiplier"] == 7.1 and meta["sampling"] == "poisson" and meta["l2_clip"] == 0.1
+    assert meta["noise_multiplier"] == 7.1 and meta["sampling"] == "poisson" and meta["l2_clip"] == 1.0
     assert meta["learning_rate"] == mnist.DP_LEARNING_RATE and meta["adv_weight"] == 0.5
     assert 0.0 <= meta["clean_accuracy"] <= 1.0 and 0.0 <= meta["robust_accuracy"] <= 1.0
     assert meta["num_train_examples"] == 300 and "tensorflow" in meta["versions"]

@@ -124,12 +124,12 @@ class TrainConfig:
     """
 
     optimizer: str = "sgd"
-    learning_rate: float = 0.5
-    expected_batch_size: int = 250
+    learning_rate: float = 4.0  # the defaults of experiments/defaults/ (with C = 1, batch 1000)
+    expected_batch_size: int = 1000
     dp: DPConfig = DPConfig()
     attack: Optional[attacks.AttackConfig] = attacks.AttackConfig(
         name="pgd_linf", eps=0.1, steps=10, random_start=True)
-    adv_weight: float = 1.0
+    adv_weight: float = 0.5
 
     def __post_init__(self):
         spec = OPTIMIZERS.get(self.optimizer)

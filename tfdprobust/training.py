@@ -70,7 +70,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     epochs: int = 1
-    batch_size: int = 250
+    batch_size: int = 1000
     sampling: str = "poisson"
     delta: float = 1e-5
     accountant: str = "rdp"
@@ -119,7 +119,7 @@ class RunConfig:
         return self.seed if self.insecure_reproducible_noise else None
 
     @classmethod
-    def make(cls, train: TrainConfig = TrainConfig(), batch_size: int = 250, **kwargs) -> "RunConfig":
+    def make(cls, train: TrainConfig = TrainConfig(), batch_size: int = 1000, **kwargs) -> "RunConfig":
         """Builds a config whose train step normalizes by ``batch_size`` and whose noise
         seed follows ``insecure_reproducible_noise``."""
         insecure = kwargs.get("insecure_reproducible_noise", False) and train.dp.enabled

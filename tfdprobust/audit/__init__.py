@@ -86,7 +86,7 @@ def read_metadata(model_path: str) -> Dict:
     require(os.path.exists(model_path),
             f"--model {model_path}: no such file or directory; pass an export folder of "
             "tfdprobust.experiments.mnist (saved_models/<run>)")
-    return evaluate._read_metadata(model_path)
+    return evaluate.read_metadata(model_path)
 
 
 def resolve_data_config(meta: Dict, model_path: str, data_dir: Optional[str] = None,

@@ -39,7 +39,7 @@ from tfdprobust.evaluate.cli import config_from_flags, main  # noqa: F401
 from tfdprobust.evaluate.config import DATASETS, INPUT_RANGES, QUICK, SECTIONS, SuiteConfig  # noqa: F401
 from tfdprobust.evaluate.data import load_eval_data, load_test_split  # noqa: F401
 from tfdprobust.evaluate.models import (  # noqa: F401
-    LoadedModel, check_input_range, check_model_on_data, load_model)
+    LoadedModel, check_input_range, check_model_on_data, load_model, read_metadata)
 from tfdprobust.evaluate.report import check_out_dir, make_plots, markdown_report, write_outputs  # noqa: F401
 from tfdprobust.evaluate.run import evaluate_models  # noqa: F401
 from tfdprobust.evaluate.sections import evaluate_model, run_ensemble, run_sweeps  # noqa: F401

@@ -49,7 +49,7 @@ class LoadedModel:
     handle: object = None  # keeps a loaded SavedModel (and its variables) alive
 
 
-def _read_metadata(path: str) -> Dict:
+def read_metadata(path: str) -> Dict:
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     meta = os.path.join(folder, "metadata.json")
     if not os.path.exists(meta):
@@ -83,7 +83,7 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
                          f"directory (tf.saved_model.save / model.save) or a .keras/.h5 file")
     if not is_dir and not path.endswith((".keras", ".h5")):
         raise UsageError(f"--model {path}: unsupported file; pass a SavedModel directory or a .keras/.h5 file")
-    metadata = _read_metadata(path)
+    metadata = read_metadata(path)
     keras_dir = is_dir and os.path.exists(os.path.join(path, "keras_metadata.pb"))
     model = None
     if not is_dir or keras_dir:
