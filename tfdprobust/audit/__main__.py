@@ -14,7 +14,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
 
-from absl import app, flags, logging
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -74,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

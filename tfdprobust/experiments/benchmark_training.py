@@ -25,7 +25,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 250, "Batch size.")
 flags.DEFINE_integer("steps", 20, "Timed steps per configuration (after 3 warm-up steps).")
@@ -166,4 +167,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

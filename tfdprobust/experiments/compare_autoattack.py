@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("model", None, "SavedModel directory or .keras/.h5 file (repeatable).")
@@ -124,4 +125,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("model")
-    app.run(main)
+    cli.run(main)

@@ -27,7 +27,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist", "Private dataset.")
@@ -313,4 +314,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -9,7 +9,8 @@ as a ``.keras`` file that maps images in [0, 1] to logits.
 
 import os
 
-from absl import app, flags
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "reports/models/foreign_cnn.keras", "Where the .keras file goes.")
@@ -45,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -198,7 +198,9 @@ def main(argv):
 
 
 def run() -> None:
-    from absl import app
+    """Defines the flags and runs :func:`main` through :func:`tfdprobust.cli.run` (a bad
+    flag is one line and exit status 2, like every other CLI)."""
+    from tfdprobust import cli as common_cli
 
     define_flags()
-    app.run(main)
+    common_cli.run(main)
