@@ -35,7 +35,8 @@ def test_no_file_holds_a_machine_specific_absolute_path():
 def _readme_flags(section: str):
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"`--([a-z_0-9]+)", body))
+    table = "\n".join(line for line in body.splitlines() if line.startswith("|"))
+    return set(re.findall(r"`--([a-z_0-9]+)", table))
 
 
 def test_readme_flag_table_matches_the_training_cli():
