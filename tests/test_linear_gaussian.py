@@ -120,7 +120,9 @@ def test_configs_validate_and_name_the_flag():
 
 # --------------------------------------------------------------------------- DP training (TF)
 
-SMALL = dict(lr=8.0, epochs=20, batch_size=200, seed=3)
+# Properties of the algorithm, not of a private run: replay masks and noise from the seed so
+# that the tolerances below do not depend on the batch-sampling spread (about +-0.06 in b).
+SMALL = dict(lr=8.0, epochs=20, batch_size=200, seed=3, insecure_reproducible_noise=True)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,10 @@ def test_small_clip_moves_b_below_b0_and_to_the_clipped_stationary_point(small_d
     b_nat = lg.empirical_stationary_intercept(x.sum(axis=1), y)
     run = lg.train_intercept(x, y, lg.DPTrainConfig(clip=0.1, **SMALL))
     assert run["b"] < b_nat - 0.3 < b0
-    assert run["b"] == pytest.approx(lg.empirical_stationary_intercept(x.sum(axis=1), y, 0.1), abs=0.05)
+    # lr * R = 0.8 lets the last iterate rattle around the stationary point; its average
+    # over the second half of the run is what converges there.
+    late = np.mean(run["trajectory"][len(run["trajectory"]) // 2:])
+    assert late == pytest.approx(lg.empirical_stationary_intercept(x.sum(axis=1), y, 0.1), abs=0.05)
     assert 0.2 < run["clipped_fraction"] < 0.9
     assert lg.gamma_star(PAPER, run["b"]) > lg.gamma_star(PAPER, b_nat)
 
@@ -160,7 +165,7 @@ def test_noise_is_calibrated_and_goes_through_privatize(small_data):
     sigma, spec = lg.calibrated_noise(4.0, 1e-4, len(y), cfg)
     assert spec.sampling == "poisson" and spec.total_steps == cfg.steps(len(y))
     assert accounting.epsilon(spec) <= 4.0
-    insecure = cfg.replace(insecure_reproducible_noise=True)
+    insecure = cfg  # SMALL replays masks and noise from its seed
     clean = lg.train_intercept(x, y, insecure)
     noisy = lg.train_intercept(x, y, insecure.replace(noise_multiplier=sigma))
     again = lg.train_intercept(x, y, insecure.replace(noise_multiplier=sigma))
@@ -168,7 +173,8 @@ def test_noise_is_calibrated_and_goes_through_privatize(small_data):
     assert noisy["b"] != clean["b"]  # the noise is really added (same masks, same seed)
     # Per-step noise std on b is lr * sigma * R / B; over the run it stays small.
     assert abs(noisy["b"] - clean["b"]) < 0.1
-    secret = [lg.train_intercept(x, y, cfg.replace(noise_multiplier=sigma))["b"] for _ in range(2)]
+    secure = cfg.replace(noise_multiplier=sigma, insecure_reproducible_noise=False)
+    secret = [lg.train_intercept(x, y, secure)["b"] for _ in range(2)]
     assert secret[0] != secret[1]  # default: fresh OS-entropy masks and noise every run
 
 
