@@ -35,6 +35,7 @@ flags.DEFINE_string("dataset", "mnist", "Private dataset.")
 flags.DEFINE_string("data_dir", None, "Folder with raw files (default ../shared/data: MNIST test + KMNIST).")
 flags.DEFINE_integer("max_train", 0, "Use at most this many training examples (0 = all).")
 flags.DEFINE_integer("max_test", 0, "Clean test accuracy of training on at most this many (0 = all).")
+flags.DEFINE_string("model", "lenet_2fc", "Network (the paper's LeNet: lenet_2fc).")
 flags.DEFINE_integer("epochs", 10, "Epochs (the paper: 50).")
 flags.DEFINE_integer("batch_size", 256, "Batch size (the paper: 256).")
 flags.DEFINE_float("learning_rate", 0.05, "Learning rate (the paper: 0.05).")
@@ -88,15 +89,15 @@ def train_models(model_dir, data_dir):
             train=train, batch_size=FLAGS.batch_size,
             data=DataConfig(dataset=FLAGS.dataset, public_examples=0, data_dir=data_dir, max_train=FLAGS.max_train,
                             max_test=FLAGS.max_test, seed=FLAGS.seed),
-            model=ModelConfig(name="lenet", norm="none"), epochs=FLAGS.epochs, delta=FLAGS.delta, eval_attack=None,
+            model=ModelConfig(name=FLAGS.model, norm="none"), epochs=FLAGS.epochs, delta=FLAGS.delta, eval_attack=None,
             export_dir=model_dir, run_name=name, seed=FLAGS.seed, verbose=0)
         print(f"training {name}: {label}, {FLAGS.epochs} epochs", flush=True)
         r = training.run(cfg, log=lambda m: None)
         print(f"    clean test accuracy {r['clean_accuracy']:.4f}, epsilon {r['epsilon']}, "
-              f"{r['train_seconds']:.0f} s", flush=True)
-        out[name] = {k: r[k] for k in ("clean_accuracy", "epsilon", "steps", "train_seconds", "data",
+              f"{r['resources']['train_seconds']:.0f} s", flush=True)
+        out[name] = {k: r[k] for k in ("clean_accuracy", "epsilon", "steps", "data",
                                        "num_train_examples", "num_test_examples", "noise_multiplier", "l2_clip")}
-        out[name].update(sigma=sigma, label=label)
+        out[name].update(sigma=sigma, label=label, train_seconds=round(r["resources"]["train_seconds"], 1))
     return out
 
 
@@ -107,7 +108,7 @@ def evaluate_all(model_dir, data_dir, out):
     specs = model_specs()
     main = ["sgd", "dp"]
     paths = lambda names: [os.path.join(model_dir, n) for n in names]  # noqa: E731
-    common = dict(num_examples=FLAGS.num_examples, gradient_free_examples=20, seed=FLAGS.seed)
+    common = dict(num_examples=FLAGS.num_examples, check_examples=20, seed=FLAGS.seed)
     eps_fgsm = tuple(round(0.02 * i, 2) for i in range(16))  # 0 .. 0.3
     full = evaluate.SuiteConfig(
         sections=("sweeps", "iterations", "geometry", "curvature", "corruptions"),
