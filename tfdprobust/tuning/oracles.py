@@ -111,6 +111,11 @@ def _make_tuner_class():
             out = {NATURAL: record[NATURAL]}
             if rob is not None:
                 out[ROBUST] = rob
+            if getattr(self.oracle.objective, "objectives", None):  # a keras_tuner MultiObjective
+                # Keras Tuner 1.4 checks a returned dict for the objective's *name*, which for
+                # several objectives is "multi_objective"; give it the value the oracle itself
+                # computes (it minimizes, so the negated sum of the maximized metrics).
+                out[self.oracle.objective.name] = self.oracle.objective.get_value(out)
             return out
 
         def on_trial_end(self, trial):
