@@ -68,7 +68,7 @@ flags.DEFINE_float("table2_eps_l2", 1.0, "The l2 size of Table 2 (its l_inf size
 flags.DEFINE_integer("eval_examples", 500, "Test images attacked in the tables and the trajectories.")
 flags.DEFINE_integer("trajectory_every", 20, "Steps between two points of the Pareto trajectories.")
 flags.DEFINE_string("norm", "public_bn", "Normalization of the network.")
-flags.DEFINE_boolean("nondp_reference", True, "Non-DP reference runs (one per eta) in each search.")
+flags.DEFINE_boolean("nondp_reference", True, "Non-DP reference runs (one per eta) in the --table_optimizer search.")
 flags.DEFINE_string("out", "experiments/private_robust", "Output folder (must be new unless --overwrite: "
                     "regenerating the recorded results is explicit).")
 flags.DEFINE_boolean("overwrite", False, "Regenerate into an existing --out folder.")
@@ -132,7 +132,9 @@ def run_searches(out: str, data_dir: str, sigma: float):
                f"--batch_size={FLAGS.batch_size}", f"--max_train={FLAGS.max_train}",
                f"--validation_examples={FLAGS.validation_examples}", f"--eps={FLAGS.eps}", "--adv_weight=0",
                f"--val_steps={FLAGS.val_steps}", "--objective=both", f"--norm={FLAGS.norm}",
-               f"--nondp_reference={str(FLAGS.nondp_reference).lower()}", "--export_best=0",
+               # non-DP references only where the tables need them (they cost a trial each)
+               f"--nondp_reference={str(FLAGS.nondp_reference and opt == FLAGS.table_optimizer).lower()}",
+               "--export_best=0",
                f"--tuning_dir={out}", f"--project={opt}", f"--seed={FLAGS.seed}"]
         print(f"search {opt}: {' '.join(cmd[1:])}", flush=True)
         t = time.time()
@@ -393,6 +395,8 @@ def write_landscape_table(out: str, results, searches) -> None:
 
 def compute(out: str):
     """Runs the chosen stages; returns the results dict (written by the caller)."""
+    import json
+
     from tfdprobust import data
     from tfdprobust.experiments import common
 
@@ -408,6 +412,13 @@ def compute(out: str):
                "optimizers": list(FLAGS.optimizers), "table_optimizer": FLAGS.table_optimizer}
     if "search" in FLAGS.stages:
         results["search_wall_seconds"] = run_searches(out, data_dir, sigma)
+    else:  # keep the record of the searches run earlier into this folder
+        previous = os.path.join(out, "results.json")
+        if os.path.exists(previous):
+            with open(previous) as f:
+                earlier = json.load(f)
+            results["search_command"] = earlier.get("command")
+            results["search_wall_seconds"] = earlier.get("search_wall_seconds")
     searches = load_searches(out, FLAGS.optimizers)
     if "tables" in FLAGS.stages:
         require(FLAGS.table_optimizer in searches,

@@ -51,8 +51,8 @@ class TuneConfig:
     """
 
     run: Any = None
-    clip_grid: Tuple[float, ...] = (0.1, 1.0, 10.0)
-    lr_grid: Tuple[float, ...] = (0.1, 1.0, 10.0)
+    clip_grid: Tuple[float, ...] = (0.25, 1.0, 4.0)  # centred on the training defaults (C=1, lr 4)
+    lr_grid: Tuple[float, ...] = (1.0, 4.0, 16.0)
     objective: str = "robust"
     tuner: str = "grid"
     max_trials: Optional[int] = None
