@@ -146,6 +146,9 @@ def run_searches(out: str, data_dir: str, sigma: float):
 
 
 def load_searches(out: str, optimizers):
+    """Each search's ``search_results.json``, with its non-DP references (``references.csv``,
+    exact validation figures, outside the guarantee) as rows with ``dp: False``."""
+    import csv
     import json
     searches = {}
     for opt in optimizers:
@@ -153,13 +156,22 @@ def load_searches(out: str, optimizers):
         if os.path.exists(path):
             with open(path) as f:
                 searches[opt] = json.load(f)
+            refs = os.path.join(out, opt, "references.csv")
+            rows = []
+            if os.path.exists(refs):
+                with open(refs) as f:
+                    for r in csv.DictReader(f):
+                        rows.append({"dp": False, "trial_id": r["trial_id"], "optimizer": r["optimizer"],
+                                     "learning_rate": float(r["learning_rate"]), "l2_clip": None,
+                                     NAT: float(r[NAT]), ROB: float(r[ROB]) if r[ROB] not in ("", "None") else None})
+            searches[opt]["reference_rows"] = rows
     return searches
 
 
 def table_picks(search):
     """The most robust and most accurate DP (R, eta), and the same among non-DP references."""
     dp = [r for r in search["trials"] if r["dp"]]
-    ref = [r for r in search["trials"] if not r["dp"]]
+    ref = search.get("reference_rows", [])
     picks = {"robust": max(dp, key=lambda r: r[ROB]), "accurate": max(dp, key=lambda r: r[NAT])}
     if ref:
         picks["nondp_robust"] = max(ref, key=lambda r: r[ROB])
@@ -442,7 +454,9 @@ def report(out: str, results) -> None:
     searches = load_searches(out, results["optimizers"])
     if searches:
         write_landscape_table(out, results, searches)
-        results["searches"] = {o: {"trials": s["trials"], "privacy": s["privacy"]} for o, s in searches.items()}
+        results["searches"] = {o: {k: s[k] for k in ("trials", "reference_rows", "guarantee", "per_training_epsilon",
+                                                     "validation_mechanism", "num_train_examples", "steps_per_trial")}
+                               for o, s in searches.items()}
     write_figures(out, results, searches)
     if results.get("evaluation"):
         write_tables(out, results)

@@ -44,6 +44,8 @@ flags.DEFINE_float("delta", 1e-5, "Target delta.")
 flags.DEFINE_list("sigmas", ["0.7", "1.5"], "Extra sigma values of Fig. 3a (C fixed).")
 flags.DEFINE_list("clips", ["0.5", "3"], "Extra C values of Fig. 3b (noise std sigma*C) and 3c (noise std sigma).")
 flags.DEFINE_boolean("variants", True, "Train the Fig. 3 variants too.")
+flags.DEFINE_integer("variant_epochs", 0, "Epochs of the Fig. 3 models (0 = --epochs). When it differs, Fig. 3 gets "
+                     "its own DP-SGD reference (sigma, C of the main model) trained for as many epochs.")
 flags.DEFINE_integer("num_examples", 500, "Test examples of the robustness evaluation (the paper: all 10,000).")
 flags.DEFINE_integer("curvature_examples", 50, "Examples of the curvature profile (the paper: 100).")
 flags.DEFINE_list("corruptions", [], "Corruptions of Table 2 (empty: all registered).")
@@ -59,18 +61,45 @@ PAPER_FGSM_GAP = "DP-SGD accuracy drops faster: gap 2.6% clean, up to 15.4% at e
 PAPER_DEEPFOOL = {"linf": (0.154, 0.131), "l2": (1.965, 1.654)}  # (SGD, DP-SGD) mean distances
 
 
+def variant_epochs() -> int:
+    return FLAGS.variant_epochs or FLAGS.epochs
+
+
+def fig3_reference() -> str:
+    """The DP-SGD model Fig. 3's variants are compared with (same epochs as they have)."""
+    return "dp" if variant_epochs() == FLAGS.epochs else "dp_fig3"
+
+
 def model_specs():
-    """name -> (dp, sigma, C, noise multiplier, label, figure group)."""
-    s, c = FLAGS.noise, FLAGS.l2_clip
-    specs = {"sgd": (False, 0.0, None, 0.0, "SGD", "main"),
-             "dp": (True, s, c, s, f"DP-SGD sigma={s:g} C={c:g}", "main")}
+    """name -> (dp, sigma, C, noise multiplier, label, figure group, epochs)."""
+    s, c, e, ev = FLAGS.noise, FLAGS.l2_clip, FLAGS.epochs, variant_epochs()
+    specs = {"sgd": (False, 0.0, None, 0.0, "SGD", "main", e),
+             "dp": (True, s, c, s, f"DP-SGD sigma={s:g} C={c:g}", "main", e)}
     if FLAGS.variants:
+        if fig3_reference() != "dp":
+            specs["dp_fig3"] = (True, s, c, s, f"DP-SGD sigma={s:g} C={c:g} ({ev} epochs)", "reference", ev)
         for v in map(float, FLAGS.sigmas):
-            specs[f"dp_sigma{v:g}"] = (True, v, c, v, f"DP-SGD sigma={v:g} C={c:g}", "sigma")
+            specs[f"dp_sigma{v:g}"] = (True, v, c, v, f"DP-SGD sigma={v:g} C={c:g}", "sigma", ev)
         for v in map(float, FLAGS.clips):
-            specs[f"dp_clip{v:g}"] = (True, s, v, s, f"DP-SGD sigma={s:g} C={v:g}", "clip")
-            specs[f"dp_clip{v:g}_noscale"] = (True, s, v, s / v, f"clip C={v:g}, noise N(0,{s:g}^2 I)", "noscale")
+            specs[f"dp_clip{v:g}"] = (True, s, v, s, f"DP-SGD sigma={s:g} C={v:g}", "clip", ev)
+            specs[f"dp_clip{v:g}_noscale"] = (True, s, v, s / v, f"clip C={v:g}, noise N(0,{s:g}^2 I)", "noscale", ev)
     return specs
+
+
+def _reusable(model_dir: str, name: str, nm: float, clip, epochs: int):
+    """The results of an earlier export of the same model in ``model_dir`` (or None): lets a
+    killed or re-scoped run keep the models it already trained."""
+    import json
+
+    path = os.path.join(model_dir, name + ".json")
+    if not (os.path.exists(path) and os.path.isdir(os.path.join(model_dir, name))):
+        return None
+    with open(path) as f:
+        r = json.load(f)
+    same = (r.get("epochs") == epochs and r.get("model", {}).get("name") == FLAGS.model
+            and abs((r.get("noise_multiplier") or 0.0) - nm) < 1e-9 and r.get("l2_clip") == (clip if r["dp"] else None)
+            and r.get("batch_size") == FLAGS.batch_size and r.get("learning_rate") == FLAGS.learning_rate)
+    return r if same else None
 
 
 def train_models(model_dir, data_dir):
@@ -80,7 +109,7 @@ def train_models(model_dir, data_dir):
     from tfdprobust.train_step import DPConfig, TrainConfig
 
     out = {}
-    for name, (dp, sigma, clip, nm, label, _) in model_specs().items():
+    for name, (dp, sigma, clip, nm, label, _, epochs) in model_specs().items():
         train = TrainConfig(optimizer="sgd", learning_rate=FLAGS.learning_rate,
                             dp=DPConfig(enabled=dp, l2_clip=clip or 1.0, noise_multiplier=nm), attack=None,
                             adv_weight=0.0)
@@ -88,15 +117,20 @@ def train_models(model_dir, data_dir):
             train=train, batch_size=FLAGS.batch_size,
             data=DataConfig(dataset=FLAGS.dataset, public_examples=0, data_dir=data_dir, max_train=FLAGS.max_train,
                             max_test=FLAGS.max_test, seed=FLAGS.seed),
-            model=ModelConfig(name=FLAGS.model, norm="none"), epochs=FLAGS.epochs, delta=FLAGS.delta, eval_attack=None,
+            model=ModelConfig(name=FLAGS.model, norm="none"), epochs=epochs, delta=FLAGS.delta, eval_attack=None,
             export_dir=model_dir, run_name=name, seed=FLAGS.seed, verbose=0)
-        print(f"training {name}: {label}, {FLAGS.epochs} epochs", flush=True)
-        r = training.run(cfg, log=lambda m: None)
+        r = _reusable(model_dir, name, nm, clip, epochs)
+        if r is not None:
+            print(f"reusing {name}: {label}, {epochs} epochs (already in {model_dir})", flush=True)
+        else:
+            print(f"training {name}: {label}, {epochs} epochs", flush=True)
+            r = training.run(cfg, log=lambda m: None)
         print(f"    clean test accuracy {r['clean_accuracy']:.4f}, epsilon {r['epsilon']}, "
               f"{r['resources']['train_seconds']:.0f} s", flush=True)
         out[name] = {k: r[k] for k in ("clean_accuracy", "epsilon", "steps", "data",
                                        "num_train_examples", "num_test_examples", "noise_multiplier", "l2_clip")}
-        out[name].update(sigma=sigma, label=label, train_seconds=round(r["resources"]["train_seconds"], 1))
+        out[name].update(sigma=sigma, label=label, epochs=epochs,
+                         train_seconds=round(r["resources"]["train_seconds"], 1))
     return out
 
 
@@ -171,7 +205,7 @@ def write_report(results, out):
                   ("noscale", "(c) clipping norm C, noise std sigma (not scaled)")]
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
         for ax, (g, title) in zip(axes, groups):
-            names = ["sgd", "dp"] + [n for n, t in results["groups"].items() if t == g]
+            names = ["sgd", results.get("fig3_reference", "dp")] + [n for n, t in results["groups"].items() if t == g]
             for i, n in enumerate(names):
                 s = allm[n]["sweeps"]["fgsm"]
                 e = trained[n].get("epsilon")
@@ -282,6 +316,7 @@ def main(argv):
         start = time.time()
         results = {"command": common.command_line(), "epochs": FLAGS.epochs, "batch_size": FLAGS.batch_size,
                    "learning_rate": FLAGS.learning_rate,
+                   "variant_epochs": variant_epochs(), "fig3_reference": fig3_reference(),
                    "groups": {n: s[5] for n, s in model_specs().items()}}
         if FLAGS.skip_training:
             with open(os.path.join(out, "trained.json")) as f:
