@@ -30,12 +30,21 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
+              "--helpxml", "-helpxml")
+
+
 def parse_flags(argv: Sequence[str]) -> List[str]:
-    """absl's parser, but a bad flag is one line and exit 2 instead of a usage dump."""
+    """absl's parser, but a bad flag is one line and exit 2 instead of a usage dump, and
+    ``--help``/``--helpshort`` exit 0 (absl exits 1 after printing the help)."""
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as err:
         fail(f"{err}; run with --helpshort to list the flags")
+    except SystemExit as stop:
+        if stop.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     return []  # unreachable
 
 

@@ -176,7 +176,12 @@ def main(argv):
     """One run, or the comparison with ``--compare``. Bad input: one line, exit 2."""
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
-    compare_entries()  # a bad entry fails in one line before TensorFlow loads
+    compare_entries()  # bad input fails in one line before TensorFlow loads
+    mnist.check_flags()
+    if FLAGS.compare:
+        from tfdprobust import flagcheck
+
+        flagcheck.writable_dir(FLAGS.table_dir, "--table_dir")
     logging.set_verbosity(logging.ERROR)
     from tfdprobust import training
 

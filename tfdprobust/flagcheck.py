@@ -1,0 +1,169 @@
+"""Checks of command-line input that run before TensorFlow is imported.
+
+Importing TensorFlow takes 4 s on an idle machine and 15 s or more on a busy one. A
+typo must not cost that, so every CLI first runs the checks that need neither
+TensorFlow nor data: numbers (finite, in range), names, flag combinations and
+destinations. The configs built afterwards validate everything again; these checks
+only move the error to the first second.
+
+Names that live in registries of TensorFlow modules (models, optimizers, clipping
+strategies, attack presets) are read from those modules' source with :mod:`ast`
+(:func:`registered_names`), so there is no second list to keep in sync.
+
+Example::
+
+    from tfdprobust import flagcheck
+    flagcheck.finite_floats(FLAGS)
+    flagcheck.ranges(FLAGS, {"noise": ">=0", "l2_clip": ">0", "delta": "(0,1)"})
+    flagcheck.choice(FLAGS, "model", flagcheck.registered_names("tfdprobust.models", "MODELS"))
+"""
+
+import ast
+import functools
+import importlib.util
+import math
+import os
+from typing import Dict, Iterable, Optional, Sequence, Tuple
+
+from tfdprobust.errors import require
+
+
+# ----------------------------------------------------------------------------- names
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ImportError(f"cannot find the source of {module}")
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.parse(f.read(), spec.origin)
+
+
+def registered_names(module: str, registry: str) -> Tuple[str, ...]:
+    """Names registered in ``module`` as ``REGISTRY.register("name")`` (decorator or call),
+    read from its source without importing it (no TensorFlow).
+
+    Only literal names are seen; ``tests/test_bad_input.py`` checks that they equal the
+    imported registry's ``names()`` for every registry a CLI checks this way.
+    """
+    names = []
+    for node in ast.walk(_module_tree(module)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == registry
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names.append(node.args[0].value)
+    return tuple(names)
+
+
+def constant(module: str, name: str):
+    """The literal value of the module-level assignment ``name = ...`` in ``module``'s
+    source (e.g. a tuple of choices), without importing the module."""
+    for node in _module_tree(module).body:
+        targets = (node.targets if isinstance(node, ast.Assign) else
+                   [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return ast.literal_eval(node.value)
+    raise KeyError(f"{module} has no literal module-level {name}")
+
+
+def choice(fv, name: str, choices: Sequence[str]) -> None:
+    """``--name`` must be one of ``choices`` (unset flags pass)."""
+    value = fv[name].value
+    require(value is None or value in choices,
+            f"--{name}={value!r} is unknown; choose one of {', '.join(choices)}")
+
+
+# ----------------------------------------------------------------------------- numbers
+def finite_floats(fv) -> None:
+    """Every float flag (and every number in a list flag) must be finite: ``inf`` or
+    ``nan`` would reach the training or the accountant (which hangs on an infinite sigma)."""
+    for name in fv:
+        flag = fv[name]
+        value = flag.value
+        if isinstance(value, float) and not math.isfinite(value):
+            require(False, f"--{flag.name} must be a finite number, got {value}; pass a finite value")
+        if isinstance(value, list) and not flag.flag_type().startswith("multi"):
+            for v in value:
+                try:
+                    number = float(v)
+                except (TypeError, ValueError):
+                    continue
+                require(math.isfinite(number), f"--{flag.name} must hold finite numbers, got {v}; "
+                        "pass finite values")
+
+
+_BOUNDS = {">0": (0, None, True, True), ">=0": (0, None, False, True), ">=1": (1, None, False, True),
+           "(0,1)": (0, 1, True, True), "[0,1]": (0, 1, False, False), "(0,1]": (0, 1, True, False)}
+
+
+def ranges(fv, spec: Dict[str, str]) -> None:
+    """Each ``--name`` (if set) lies in its interval: ``>0``, ``>=0``, ``>=1``, ``(0,1)``,
+    ``[0,1]``, ``(0,1]``, or ``(0,X]`` for an upper bound X. The error says the range."""
+    for name, rule in spec.items():
+        value = fv[name].value
+        if value is None:
+            continue
+        if rule.startswith("(0,") and rule not in _BOUNDS:
+            low, high, open_low, open_high = 0, float(rule[3:-1]), True, False
+        else:
+            low, high, open_low, open_high = _BOUNDS[rule]
+        ok = (value > low if open_low else value >= low) and (
+            high is None or (value < high if open_high else value <= high))
+        shown = rule if rule.startswith(("(", "[")) else rule.replace(">", "> ").replace("> =", ">= ")
+        require(ok, f"--{name} must be {'in ' if rule[0] in '([' else ''}{shown}, got {value}")
+
+
+# ----------------------------------------------------------------------------- paths
+def _nearest_existing(path: str) -> str:
+    existing = path
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    return existing
+
+
+def new_path(path: str, flag: str, overwrite: bool = False, also: str = "") -> None:
+    """``path`` must not exist (unless ``overwrite``) and must be creatable: its nearest
+    existing ancestor is a writable folder. Nothing is created.
+
+    Args:
+        also: another flag that changes the path (e.g. ``--run_name``), named in the fix.
+    """
+    path = os.path.abspath(path)
+    other = f" or {also}" if also else ""
+    require(overwrite or not os.path.exists(path),
+            f"{path} already exists; choose another {flag}{other} (nothing was overwritten)")
+    writable_parent(path, flag)
+
+
+def writable_parent(path: str, flag: str) -> None:
+    """``path`` (a file or folder to be created or written) lies under a writable folder."""
+    path = os.path.abspath(path)
+    target = path if os.path.isdir(path) else os.path.dirname(path)
+    existing = _nearest_existing(target)
+    require(os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK),
+            f"{flag}: cannot create {path} ({existing} is not a writable folder); choose a writable {flag}")
+
+
+def writable_dir(path: Optional[str], flag: str) -> None:
+    """``path`` is an existing writable folder, or can be created (not a file)."""
+    if not path:
+        return
+    require(not os.path.exists(path) or os.path.isdir(path), f"{flag}={path} is a file; give a folder")
+    existing = _nearest_existing(os.path.abspath(path))
+    require(os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK),
+            f"{flag}={path} cannot be created or written ({existing} is not a writable folder); choose a "
+            f"writable {flag}")
+
+
+def existing_dir(path: Optional[str], flag: str, what: str) -> None:
+    """``path`` (if given) is an existing folder; ``what`` says what it should hold."""
+    if path:
+        require(os.path.isdir(path), f"{flag}={path} is not a folder; point it at {what}")
+
+
+def existing_paths(paths: Iterable[str], flag: str, what: str) -> None:
+    """Every path exists (a file or a folder)."""
+    for p in paths:
+        require(os.path.exists(p), f"{flag} {p}: no such file or directory; pass {what}")
