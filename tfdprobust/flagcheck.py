@@ -29,29 +29,57 @@ from tfdprobust.errors import require
 
 
 # ----------------------------------------------------------------------------- names
+def _source_path(module: str) -> str:
+    """The file of ``module`` (or the folder of a package), found without importing it or
+    its parent packages: ``importlib.util.find_spec`` would import ``tfdprobust.attacks``,
+    and with it TensorFlow, to find ``tfdprobust.attacks.apgd``."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"cannot find the package {top}")
+    path = os.path.join(spec.submodule_search_locations[0], *rest)
+    return path if os.path.isdir(path) else path + ".py"
+
+
 @functools.lru_cache(maxsize=None)
 def _module_tree(module: str) -> ast.Module:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.origin:
-        raise ImportError(f"cannot find the source of {module}")
-    with open(spec.origin, encoding="utf-8") as f:
-        return ast.parse(f.read(), spec.origin)
+    path = _source_path(module)
+    with open(path, encoding="utf-8") as f:
+        return ast.parse(f.read(), path)
 
 
-def registered_names(module: str, registry: str) -> Tuple[str, ...]:
-    """Names registered in ``module`` as ``REGISTRY.register("name")`` (decorator or call),
-    read from its source without importing it (no TensorFlow).
+def registered_names(modules, registry: str, helper: Optional[str] = None) -> Tuple[str, ...]:
+    """Names registered as ``REGISTRY.register("name")`` (decorator or call), or through a
+    ``helper("name", ...)`` function, in the source of ``modules`` (one module name or a
+    sequence), read without importing them (no TensorFlow).
 
     Only literal names are seen; ``tests/test_bad_input.py`` checks that they equal the
     imported registry's ``names()`` for every registry a CLI checks this way.
     """
     names = []
-    for node in ast.walk(_module_tree(module)):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == registry
-                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            names.append(node.args[0].value)
+    for module in ([modules] if isinstance(modules, str) else modules):
+        for node in ast.walk(_module_tree(module)):
+            if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)):
+                continue
+            func = node.func
+            if ((isinstance(func, ast.Attribute) and func.attr == "register" and isinstance(func.value, ast.Name)
+                 and func.value.id == registry) or (helper and isinstance(func, ast.Name) and func.id == helper)):
+                names.append(node.args[0].value)
     return tuple(names)
+
+
+def package_modules(package: str) -> Tuple[str, ...]:
+    """The modules of ``package`` (its ``*.py`` files), without importing them."""
+    folder = _source_path(package)
+    return tuple(f"{package}.{name[:-3]}" for name in sorted(os.listdir(folder))
+                 if name.endswith(".py") and name != "__init__.py")
+
+
+def attack_names() -> Tuple[str, ...]:
+    """The names in :data:`tfdprobust.attacks.ATTACKS` (registered through
+    ``attacks.config._register``), read from the attack modules' source."""
+    return registered_names(package_modules("tfdprobust.attacks"), "ATTACKS", helper="_register")
 
 
 def constant(module: str, name: str):

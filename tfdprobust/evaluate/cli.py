@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
+from tfdprobust import flagcheck
 from tfdprobust.errors import UsageError, require
 from tfdprobust.evaluate.config import DATASETS, INPUT_RANGES, QUICK, SECTIONS, SuiteConfig
 
@@ -138,6 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except flags.Error as e:
         print(f"error: {str(e).splitlines()[0]}; see --helpshort", file=sys.stderr)
         return 2
+    from tfdprobust.evaluate.models import check_model_path
+    from tfdprobust.evaluate.report import check_out_dir
     from tfdprobust.evaluate.run import evaluate_models
 
     try:
@@ -145,9 +148,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if len(rest) > 1 else "")
         require(FLAGS.model, "--model is required: a SavedModel directory or a .keras/.h5 file")
         require(FLAGS.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {FLAGS.verbose}")
-        cfg = config_from_flags()
         names: List[str] = list(FLAGS.name or [])
+        require(not names or len(names) == len(FLAGS.model),
+                f"--name given {len(names)} times for {len(FLAGS.model)} --model; give one per model or none")
         out = FLAGS.out or _default_out(names or [os.path.basename(os.path.normpath(m)) for m in FLAGS.model])
+        # Destination and model paths before the config, whose last checks import TensorFlow.
+        check_out_dir(out, FLAGS.overwrite)
+        for path in FLAGS.model:
+            check_model_path(path)
+        flagcheck.existing_dir(FLAGS.data_dir, "--data_dir", "a folder with the raw test files")
+        cfg = config_from_flags()
         results = evaluate_models(FLAGS.model, FLAGS.data_dir, out, cfg, FLAGS.dataset, names, FLAGS.verbose,
                                   " ".join(full), overwrite=FLAGS.overwrite, input_range=FLAGS.input_range,
                                   tfds_dir=FLAGS.tfds_dir)
