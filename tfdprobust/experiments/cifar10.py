@@ -54,6 +54,7 @@ for _name, _value in DEFAULTS.items():
 flags.DEFINE_list("compare", [], "Comparison entries to run (or 'all'): " + ", ".join(
     ["sgd", "adam", "rmsprop", "dp_sgd", "dp_adam", "dp_adambc", "dp_automatic", "dp_adaptive"]))
 flags.DEFINE_string("table_dir", "experiments/cifar10", "Where --compare writes its tables.")
+flags.adopt_module_key_flags(mnist)  # --helpshort lists the shared flags with these defaults
 
 
 @dataclasses.dataclass(frozen=True)
