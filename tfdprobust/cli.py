@@ -49,10 +49,18 @@ def parse_flags(argv: Sequence[str]) -> List[str]:
 
 
 def guarded(main: Callable[[List[str]], int]) -> Callable[[List[str]], int]:
-    """Wraps ``main`` so a :class:`UsageError` becomes one line and exit status 2."""
+    """Wraps ``main`` so a :class:`UsageError` becomes one line and exit status 2.
+
+    Before ``main`` runs, every float flag (and every number in a list flag) must be
+    finite: no CLI has a use for ``inf`` or ``nan``, and they would reach the training or
+    the accountant (see :func:`tfdprobust.flagcheck.finite_floats`).
+    """
 
     def wrapper(argv):
+        from tfdprobust import flagcheck
+
         try:
+            flagcheck.finite_floats(flags.FLAGS)
             return main(argv)
         except UsageError as err:
             fail(str(err))

@@ -119,6 +119,37 @@ def finite_floats(fv) -> None:
                         "pass finite values")
 
 
+def list_choices(fv, name: str, choices: Sequence[str]) -> None:
+    """Every entry of the list flag ``--name`` is one of ``choices``."""
+    for value in fv[name].value or []:
+        require(value in choices, f"--{name}: {value!r} is unknown; choose from {', '.join(choices)}")
+
+
+def list_numbers(fv, name: str, rule: str, kind: type = float) -> None:
+    """Every entry of the list flag ``--name`` is a number of ``kind`` that obeys ``rule``
+    (see :func:`ranges`); the list is not empty."""
+    values = fv[name].value or []
+    require(values, f"--{name} is empty; give comma-separated values")
+    for v in values:
+        try:
+            number = kind(v)
+        except ValueError:
+            require(False, f"--{name}: {v!r} is not {'an integer' if kind is int else 'a number'}; "
+                    f"give comma-separated {'integers' if kind is int else 'numbers'}")
+        _in_range(number, rule, f"--{name} entries")
+
+
+def _in_range(value, rule: str, what: str) -> None:
+    if rule.startswith("(0,") and rule not in _BOUNDS:
+        low, high, open_low, open_high = 0, float(rule[3:-1]), True, False
+    else:
+        low, high, open_low, open_high = _BOUNDS[rule]
+    ok = math.isfinite(value) and (value > low if open_low else value >= low) and (
+        high is None or (value < high if open_high else value <= high))
+    shown = rule if rule.startswith(("(", "[")) else rule.replace(">", "> ").replace("> =", ">= ")
+    require(ok, f"{what} must be {'in ' if rule[0] in '([' else ''}{shown}, got {value}")
+
+
 _BOUNDS = {">0": (0, None, True, True), ">=0": (0, None, False, True), ">=1": (1, None, False, True),
            "(0,1)": (0, 1, True, True), "[0,1]": (0, 1, False, False), "(0,1]": (0, 1, True, False)}
 
@@ -128,16 +159,8 @@ def ranges(fv, spec: Dict[str, str]) -> None:
     ``[0,1]``, ``(0,1]``, or ``(0,X]`` for an upper bound X. The error says the range."""
     for name, rule in spec.items():
         value = fv[name].value
-        if value is None:
-            continue
-        if rule.startswith("(0,") and rule not in _BOUNDS:
-            low, high, open_low, open_high = 0, float(rule[3:-1]), True, False
-        else:
-            low, high, open_low, open_high = _BOUNDS[rule]
-        ok = (value > low if open_low else value >= low) and (
-            high is None or (value < high if open_high else value <= high))
-        shown = rule if rule.startswith(("(", "[")) else rule.replace(">", "> ").replace("> =", ">= ")
-        require(ok, f"--{name} must be {'in ' if rule[0] in '([' else ''}{shown}, got {value}")
+        if value is not None:
+            _in_range(value, rule, f"--{name}")
 
 
 # ----------------------------------------------------------------------------- paths

@@ -137,6 +137,9 @@ def check_flags():
     fc.choice(FLAGS, "sampling", fc.registered_names("tfdprobust.sampling", "SAMPLERS"))
     fc.choice(FLAGS, "accountant", fc.registered_names("tfdprobust.accounting", "ACCOUNTANTS"))
     fc.choice(FLAGS, "eval_preset", fc.registered_names("tfdprobust.ensemble", "PRESETS"))
+    require(not (FLAGS.dp and FLAGS.dp_path == "tf_privacy" and FLAGS.sampling == "poisson"),
+            "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
+            "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
     # Flags that would be silently ignored are conflicts.
     conflicts = [("target_epsilon", not FLAGS.dp, "--nodp trains without noise"),
                  ("insecure_reproducible_noise", not FLAGS.dp, "--nodp adds no noise"),
