@@ -14,6 +14,7 @@ Example::
         cli.run(main)
 """
 
+import os
 import sys
 from typing import Callable, List, Sequence
 
@@ -22,6 +23,9 @@ from absl import app, flags
 from tfdprobust.errors import UsageError
 
 EXIT_USAGE = 2
+# TensorFlow's C++ start-up logs three "E ... Unable to register cuDNN factory" lines on
+# CPU machines; level 3 keeps stderr to the one line a CLI prints on bad input.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def fail(message: str) -> None:

@@ -12,7 +12,7 @@ written). The work is :func:`tfdprobust.audit.run_audit`; this file only reads f
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags, logging

@@ -124,7 +124,7 @@ def _help_requested(argv: Sequence[str]) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI on ``argv`` (without the program name); returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
     argv = list(sys.argv[1:] if argv is None else argv)
     full = ["python -m tfdprobust.evaluate"] + [str(a) for a in argv]
     text = _help_requested(full)

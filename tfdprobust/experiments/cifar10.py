@@ -24,7 +24,7 @@ batches in ``--data_dir``. Offline without them, pass ``--dataset=fashion_mnist
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import csv
 import dataclasses

@@ -11,7 +11,7 @@ This file only turns flags into configs; the work is :func:`tfdprobust.training.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
 
 from absl import flags, logging
 

@@ -1,0 +1,211 @@
+"""Bad input at every command line: one line, exit status 2, nothing written, fast.
+
+One parametrized test per CLI (training, tuner, evaluation, audit, the experiment entry
+points). Each case runs the CLI as a user would, in a subprocess with this checkout on
+``PYTHONPATH`` and a fresh working folder, and asserts:
+
+* exit status 2, and no ``Traceback``;
+* exactly one line on stderr, ``error: ...``, holding every expected fragment: the flag or
+  file it is about, and the fix (``choose``, ``pass``, ``drop``, ``must be``, ...);
+* nothing written: the working folder (which holds every destination of the case) is
+  byte-for-byte unchanged, and no destination was created;
+* flag and destination errors (``fast``) arrive within 10 s. That is a bound on
+  validating before TensorFlow loads (its import alone takes 4-15 s here), not a
+  benchmark. Data and model files are checked after the import, so those cases are
+  only bounded by the subprocess timeout.
+"""
+
+import dataclasses
+import gzip
+import os
+import struct
+import subprocess
+import sys
+import time
+import types
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST_SECONDS = 10.0
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the CLIs set it themselves
+    env.update(PYTHONPATH=ROOT, OMP_NUM_THREADS="1", TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    for name in ("KERASTUNER_ORACLE_IP", "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_PORT"):
+        env.pop(name, None)
+    return env
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One bad input: the flags, fragments the error line must hold, and its kind.
+
+    ``{tmp}`` in the flags is the working folder; ``setup`` prepares it (user files, a
+    taken destination, corrupt data); ``fast`` marks flag and destination errors.
+    """
+
+    id: str
+    argv: Tuple[str, ...]
+    needles: Tuple[str, ...]
+    fast: bool = True
+    setup: Optional[Callable] = None
+
+
+def case(id, argv, *needles, fast=True, setup=None):
+    return pytest.param(Case(id, tuple(argv.split()) if isinstance(argv, str) else tuple(argv), needles, fast,
+                             setup), id=id)
+
+
+def _snapshot(folder):
+    """Every path below ``folder`` with its size, mode and content hash."""
+    import hashlib
+
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            digest = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    digest = hashlib.sha1(f.read()).hexdigest()
+            out[os.path.relpath(path, folder)] = (st.st_size if digest else None, st.st_mode, digest)
+    return out
+
+
+def run_case(module: str, c: Case, tmp_path, extra=()):
+    """Runs ``python -m module`` on the case in ``tmp_path/work``; asserts the contract."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious").mkdir()
+    (work / "precious" / "thesis.txt").write_text("four years of work\n")
+    (work / "a_file").write_text("not a folder\n")
+    if c.setup is not None:
+        c.setup(work)
+    argv = [a.replace("{tmp}", str(work)) for a in (*extra, *c.argv)]
+    before = _snapshot(work)
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, cwd=work,
+                          env=_env(), timeout=600)
+    seconds = time.time() - start
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    shown = f"{module} {' '.join(argv)}\nexit {proc.returncode} after {seconds:.1f} s\nstderr:\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 2, shown
+    assert "Traceback" not in proc.stderr + proc.stdout, shown
+    assert len(lines) == 1 and lines[0].startswith("error: "), shown
+    for needle in c.needles:
+        assert needle.replace("{tmp}", str(work)) in lines[0], f"{needle!r} missing\n{shown}"
+    assert _snapshot(work) == before, f"the CLI wrote or changed files\n{shown}"
+    assert (work / "precious" / "thesis.txt").read_text() == "four years of work\n"
+    if c.fast:
+        assert seconds < FAST_SECONDS, f"a flag/destination error took {seconds:.1f} s\n{shown}"
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- data and model files
+def _idx_images(n, mean=0.13, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((n, 28, 28)) < mean).astype(np.uint8) * 255
+    return struct.pack(">HBBIII", 0, 8, 3, n, 28, 28) + pixels.tobytes()
+
+
+def _idx_labels(n):
+    return struct.pack(">HBBI", 0, 8, 1, n) + (np.arange(n) % 10).astype(np.uint8).tobytes()
+
+
+def _mnist_dir(work, images: bytes, n=200, name="mnist"):
+    """``work/data/mnist`` with gzipped IDX files; ``images`` replaces the training images."""
+    folder = work / "data" / name
+    folder.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_labels(n)))
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_images(n)))
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(images)
+
+
+def _truncated_gz(work):
+    whole = gzip.compress(_idx_images(200))
+    _mnist_dir(work, whole[: len(whole) // 2])
+
+
+def _not_gzip(work):
+    _mnist_dir(work, _idx_images(200))  # raw bytes under a .gz name
+
+
+def _empty_gz(work):
+    _mnist_dir(work, b"")
+
+
+def _fashion_under_mnist(work):
+    # Fashion-MNIST's IDX files are named like MNIST's; their mean pixel (0.29) gives them away.
+    _mnist_dir(work, gzip.compress(_idx_images(200, mean=0.29)))
+
+
+def _wrong_shape_idx(work):
+    # 200 images of 32x32 under MNIST's names, with 28x28 test images.
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((200, 32, 32)) < 0.13).astype(np.uint8) * 255
+    _mnist_dir(work, gzip.compress(struct.pack(">HBBIII", 0, 8, 3, 200, 32, 32) + pixels.tobytes()))
+
+
+def _taken_run(work):
+    (work / "out" / "taken").mkdir(parents=True)
+
+
+# ----------------------------------------------------------------------------- training CLI
+TRAINING = [
+    case("noise-negative", "--noise=-1", "--noise", "must be >= 0"),
+    case("noise-inf", "--noise=inf", "--noise", "finite"),
+    case("noise-nan", "--noise=nan", "--noise", "finite"),
+    case("l2_clip-zero", "--l2_clip=0", "--l2_clip", "must be > 0"),
+    case("l2_clip-inf", "--l2_clip=inf", "--l2_clip", "finite"),
+    case("learning_rate-1e30", "--learning_rate=1e30", "--learning_rate", "must be in"),
+    case("learning_rate-zero", "--learning_rate=0", "--learning_rate", "must be in"),
+    case("delta-above-one", "--delta=1.5", "--delta", "must be in (0,1)"),
+    case("batch_size-zero", "--batch_size=0", "--batch_size", "must be >= 1"),
+    case("epochs-zero", "--epochs=0", "--epochs", "must be >= 1"),
+    case("seed-negative", "--seed=-1", "--seed", "must be >= 0"),
+    case("eps-above-one", "--eps=1.5", "--eps", "must be in [0, 1]"),
+    case("adv_weight-above-one", "--adv_weight=1.5", "--adv_weight", "must be in [0,1]"),
+    case("target_epsilon-negative", "--target_epsilon=-1", "--target_epsilon", "must be > 0"),
+    case("unknown-dataset", "--dataset=imagenet", "--dataset", "choose one of"),
+    case("unknown-public_dataset", "--public_dataset=svhn", "--public_dataset", "choose one of"),
+    case("unknown-model", "--model=vgg16", "--model", "choose one of", "resnet20"),
+    case("unknown-optimizer", "--optimizer=adamw", "--optimizer", "choose one of", "dp_adambc"),
+    case("unknown-attack", "--attack=deepfool", "--attack", "choose one of"),
+    case("unknown-norm", "--norm=batch", "--norm", "choose one of"),
+    case("unknown-sampling", "--sampling=random", "--sampling", "choose one of"),
+    case("unknown-accountant", "--accountant=gdp", "--accountant", "choose one of"),
+    case("unknown-eval_preset", "--eval_preset=strong", "--eval_preset", "choose one of"),
+    case("unknown-clipping", "--clipping=soft", "--clipping", "choose one of"),
+    case("nodp-with-target_epsilon", "--nodp --target_epsilon=1", "--target_epsilon", "--nodp", "drop"),
+    case("no-attack-with-adv_weight", "--attack=none --adv_weight=0.7", "--adv_weight", "--attack=none", "drop"),
+    case("norm-none-public_from_private", "--norm=none --public_from_private", "--public_from_private", "drop"),
+    case("tf_privacy-with-poisson", "--dp_path=tf_privacy", "--dp_path=tf_privacy", "--sampling=shuffle"),
+    case("public-is-private", "--public_dataset=mnist", "--public_dataset", "--public_from_private"),
+    case("unknown-flag", "--no_such_flag=1", "no_such_flag", "--helpshort"),
+    case("unparsable-integer", "--epochs=two", "--epochs", "--helpshort"),
+    case("stray-argument", "stray", "stray", "--name=value"),
+    case("missing-data_dir", "--data_dir={tmp}/nowhere", "--data_dir", "point it at"),
+    case("taken-run_name", "--run_name=taken", "taken already exists", "--run_name", setup=_taken_run),
+    case("run_name-with-slash", "--run_name=a/b", "--run_name", "plain folder name"),
+    case("export_dir-under-a-file", "--export_dir={tmp}/a_file/models", "--export_dir", "not a writable folder"),
+    case("tensorboard_dir-is-a-file", "--tensorboard_dir={tmp}/a_file", "--tensorboard_dir", "give a folder"),
+    # Data files are read after TensorFlow loads (training.run): no 10 s bound.
+    case("truncated-gz", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_truncated_gz),
+    case("not-gzip", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_not_gzip),
+    case("empty-data-file", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_empty_gz),
+    case("fashion-files-as-mnist", "--data_dir={tmp}/data --batch_size=50", "does not look like mnist", "--dataset=fashion_mnist",
+         fast=False, setup=_fashion_under_mnist),
+    case("wrong-image-shape", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False,
+         setup=_wrong_shape_idx),
+]
+
+
+@pytest.mark.parametrize("c", TRAINING)
+def test_training_cli_bad_input(c, tmp_path):
+    run_case("tfdprobust.experiments.mnist", c, tmp_path, extra=("--export_dir={tmp}/out", "--verbose=0"))
