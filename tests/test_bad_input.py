@@ -209,3 +209,78 @@ TRAINING = [
 @pytest.mark.parametrize("c", TRAINING)
 def test_training_cli_bad_input(c, tmp_path):
     run_case("tfdprobust.experiments.mnist", c, tmp_path, extra=("--export_dir={tmp}/out", "--verbose=0"))
+
+
+# ----------------------------------------------------------------------------- tuner
+def _foreign_search_folder(work):
+    (work / "tuning" / "search").mkdir(parents=True)
+    (work / "tuning" / "search" / "notes.txt").write_text("mine\n")
+
+
+def _corrupt_search_config(work):
+    (work / "tuning" / "search" / "trial_0000").mkdir(parents=True)
+    (work / "tuning" / "search" / "search_config.json").write_text("{truncated")
+
+
+@pytest.fixture
+def held_lock(tmp_path):
+    """Another tuner's lock on ``<work>/tuning``, held by this process for the case."""
+    from tfdprobust.tuning.lock import SearchLock
+
+    holder = {}
+
+    def take(work):
+        holder["lock"] = SearchLock(types.SimpleNamespace(tuning_dir=str(work / "tuning"),
+                                                          project="search")).acquire()
+
+    yield take
+    if "lock" in holder:
+        holder["lock"].release()
+
+
+TUNE = [
+    case("noise-inf", "--noise=inf", "--noise", "finite"),
+    case("noise-zero", "--noise=0", "--noise", "must be > 0"),
+    case("delta-two", "--delta=2", "--delta", "must be in (0, 1)"),
+    case("clip_grid-nan", "--clip_grid=1,nan", "--clip_grid", "finite"),
+    case("lr_grid-zero", "--lr_grid=0,1", "--lr_grid", "finite values > 0"),
+    case("clip_grid-words", "--clip_grid=big", "--clip_grid", "use e.g."),
+    case("random-without-max_trials", "--tuner=random", "--tuner=random", "--max_trials"),
+    case("max_trials-zero", "--tuner=random --max_trials=0", "--max_trials", "must be >= 1"),
+    case("unknown-tuner", "--tuner=evolution", "--tuner", "choose one of"),
+    case("unknown-objective", "--objective=speed", "--objective", "choose one of"),
+    case("unknown-validation", "--validation=exact", "--validation", "choose noisy_count"),
+    case("public-validation-with-val_noise", "--validation=public --val_noise=5", "--val_noise", "drop --val_noise"),
+    case("nondp_lr_grid-without-reference", "--nondp_lr_grid=1", "--nondp_lr_grid", "--nondp_reference"),
+    case("new_ledger-with-insecure", "--new_ledger --insecure_reproducible_noise", "--new_ledger",
+         "drop one of them"),
+    case("unknown-model", "--model=vgg16", "--model", "choose one of"),
+    case("unknown-optimizer", "--optimizer=adamw", "--optimizer", "choose one of"),
+    case("unknown-dataset", "--dataset=imagenet", "--dataset", "choose one of"),
+    case("tf_privacy-with-poisson", "--dp_path=tf_privacy", "--dp_path=tf_privacy", "--sampling=shuffle"),
+    case("epochs-zero", "--epochs=0", "--epochs", "must be >= 1"),
+    case("seed-negative", "--seed=-1", "--seed", "must be >= 0"),
+    case("adv_weight-two", "--adv_weight=2", "--adv_weight", "must be in [0, 1]"),
+    case("missing-data_dir", "--data_dir={tmp}/nowhere", "--data_dir", "point it at"),
+    case("tuning_dir-is-a-file", "--tuning_dir={tmp}/a_file", "--tuning_dir", "not a writable folder"),
+    case("tuning_dir-under-a-file", "--tuning_dir={tmp}/a_file/t", "--tuning_dir", "choose another --tuning_dir"),
+    case("project-with-slash", "--project=a/b", "--project", "plain folder name"),
+    case("foreign-search-folder", "", "holds no search_config.json", "choose another --tuning_dir",
+         setup=_foreign_search_folder),
+    case("overwrite-foreign-folder", "--overwrite", "--overwrite would delete it", "choose another",
+         setup=_foreign_search_folder),
+    case("corrupt-search_config", "", "search_config.json is unreadable or corrupt", "--overwrite", fast=False,
+         setup=_corrupt_search_config),
+    case("unknown-flag", "--clip=1", "clip", "--helpshort"),
+]
+
+
+@pytest.mark.parametrize("c", TUNE)
+def test_tune_cli_bad_input(c, tmp_path):
+    run_case("tfdprobust.tune", c, tmp_path, extra=("--tuning_dir={tmp}/tuning", "--max_train=700",
+                                                    "--validation_examples=100", "--batch_size=100"))
+
+
+def test_tune_cli_refuses_a_locked_folder_in_one_line(tmp_path, held_lock):
+    c = Case("locked", (), ("is locked by another tuner", "wait for it to finish"), True, held_lock)
+    run_case("tfdprobust.tune", c, tmp_path, extra=("--tuning_dir={tmp}/tuning",))

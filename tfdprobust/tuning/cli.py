@@ -143,6 +143,7 @@ def check_flags():
     require(bool(F.project) and os.sep not in F.project and not F.project.startswith("."),
             f"--project={F.project!r} must be a plain folder name (no '/', not starting with '.')")
     grids.check_destination(F)
+    grids.check_search_folder(F.tuning_dir, F.project, F.overwrite, F.new_ledger)
     distributed = bool(os.environ.get("KERASTUNER_ORACLE_IP"))
     if not distributed or os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
         check_unlocked(F.tuning_dir, F.project)
