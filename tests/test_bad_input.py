@@ -284,3 +284,96 @@ def test_tune_cli_bad_input(c, tmp_path):
 def test_tune_cli_refuses_a_locked_folder_in_one_line(tmp_path, held_lock):
     c = Case("locked", (), ("is locked by another tuner", "wait for it to finish"), True, held_lock)
     run_case("tfdprobust.tune", c, tmp_path, extra=("--tuning_dir={tmp}/tuning",))
+
+
+# ----------------------------------------------------------------------------- evaluation
+@pytest.fixture(scope="module")
+def cifar_shaped_model(tmp_path_factory):
+    """A real Keras model for 32x32x3 images: the wrong shape for MNIST."""
+    import tensorflow as tf
+
+    net = tf.keras.Sequential([tf.keras.Input((32, 32, 3)), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+    path = tmp_path_factory.mktemp("models") / "cifar_shaped.keras"
+    net.save(path)
+    return str(path)
+
+
+def _junk_model(work):
+    (work / "m.keras").write_bytes(os.urandom(2000))  # passes the path checks; flag errors come first
+
+
+def _junk_files(work):
+    _junk_model(work)
+    (work / "empty.keras").write_bytes(b"")
+    (work / "notes.txt").write_text("not a model\n")
+    (work / "no_saved_model").mkdir()
+    (work / "fake_saved_model").mkdir()
+    (work / "fake_saved_model" / "saved_model.pb").write_bytes(os.urandom(300))
+
+
+def _our_report(work):
+    _junk_model(work)
+    (work / "report").mkdir()
+    for name in ("results.json", "report.md"):
+        (work / "report" / name).write_text("{}\n")
+
+
+EVALUATE = [
+    case("no-model", "", "--model is required"),
+    case("missing-model", "--model={tmp}/nowhere.keras", "nowhere.keras", "no such file", "pass a SavedModel"),
+    case("empty-model-file", "--model={tmp}/empty.keras", "empty.keras", "is empty", setup=_junk_files),
+    case("unsupported-model-file", "--model={tmp}/notes.txt", "notes.txt", "unsupported file", setup=_junk_files),
+    case("folder-without-saved_model", "--model={tmp}/no_saved_model", "no_saved_model", "no saved_model.pb",
+         setup=_junk_files),
+    case("out-with-user-file", "--model={tmp}/m.keras --out={tmp}/precious", "--out", "precious",
+         "choose a new folder", setup=_junk_files),
+    case("out-is-our-report", "--model={tmp}/m.keras --out={tmp}/report", "--out", "pass --overwrite",
+         setup=_our_report),
+    case("out-is-a-file", "--model={tmp}/m.keras --out={tmp}/a_file", "--out", "existing file", setup=_junk_files),
+    case("out-under-a-file", "--model={tmp}/m.keras --out={tmp}/a_file/r", "--out", "choose another --out",
+         setup=_junk_files),
+    case("eps_linf-inf", "--model={tmp}/m.keras --eps_linf=0,inf", "--eps_linf", "finite", setup=_junk_files),
+    case("eps_linf-not-from-zero", "--model={tmp}/m.keras --eps_linf=0.1,0.2", "--eps_linf", "start at 0",
+         setup=_junk_files),
+    case("eps_l2-words", "--model={tmp}/m.keras --eps_l2=0,big", "--eps_l2", "comma-separated numbers",
+         setup=_junk_files),
+    case("num_examples-zero", "--model={tmp}/m.keras --num_examples=0", "--num_examples", "must be >= 1",
+         setup=_junk_files),
+    case("steps-zero", "--model={tmp}/m.keras --steps=0", "--steps", "must be >= 1", setup=_junk_files),
+    case("fool_eps-zero", "--model={tmp}/m.keras --fool_eps=0", "--fool_eps", "must be in (0, 1]",
+         setup=_junk_files),
+    case("unknown-preset", "--model={tmp}/m.keras --preset=strong", "--preset", "choose one of", setup=_junk_files),
+    case("unknown-sweep-attack", "--model={tmp}/m.keras --sweep_attacks=deepfool", "--sweep_attacks",
+         "choose one of", setup=_junk_files),
+    case("unknown-dataset", "--model={tmp}/m.keras --dataset=svhn", "--dataset", "should be one of",
+         setup=_junk_files),
+    case("unknown-section", "--model={tmp}/m.keras --sections=speed", "--sections", "choose from",
+         setup=_junk_files),
+    case("unknown-corruption", "--model={tmp}/m.keras --corruptions=rain", "--corruptions", "choose one of",
+         setup=_junk_files),
+    case("unknown-input_range", "--model={tmp}/m.keras --input_range=percent", "--input_range",
+         "should be one of", setup=_junk_files),
+    case("names-and-models-differ", "--model={tmp}/m.keras --name=a --name=b", "--name", "one per model",
+         setup=_junk_files),
+    case("verbose-five", "--model={tmp}/m.keras --verbose=5", "--verbose", "must be 0, 1 or 2", setup=_junk_files),
+    case("missing-data_dir", "--model={tmp}/m.keras --data_dir={tmp}/nowhere", "--data_dir", "point it at",
+         setup=_junk_files),
+    case("unknown-flag", "--model={tmp}/m.keras --attack=pgd", "attack", "--helpshort", setup=_junk_files),
+    # Model contents are read after TensorFlow loads: no 10 s bound.
+    case("corrupt-keras-file", "--model={tmp}/m.keras", "m.keras", "corrupt", "model.save()", fast=False,
+         setup=_junk_files),
+    case("corrupt-saved_model", "--model={tmp}/fake_saved_model", "fake_saved_model", "corrupt",
+         "tf.saved_model.save", fast=False, setup=_junk_files),
+]
+
+
+@pytest.mark.parametrize("c", EVALUATE)
+def test_evaluate_cli_bad_input(c, tmp_path):
+    # --out of its own unless the case names one: the default reports/ folder must not appear either
+    run_case("tfdprobust.evaluate", c, tmp_path)
+
+
+def test_evaluate_cli_refuses_a_model_of_the_wrong_input_shape(tmp_path, cifar_shaped_model, shared_data):
+    c = Case("wrong-input-shape", (f"--model={cifar_shaped_model}", f"--data_dir={shared_data}", "--quick"),
+             ("cifar_shaped", "32, 32, 3"), False, None)
+    run_case("tfdprobust.evaluate", c, tmp_path)
