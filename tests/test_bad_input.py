@@ -377,3 +377,117 @@ def test_evaluate_cli_refuses_a_model_of_the_wrong_input_shape(tmp_path, cifar_s
     c = Case("wrong-input-shape", (f"--model={cifar_shaped_model}", f"--data_dir={shared_data}", "--quick"),
              ("cifar_shaped", "32, 32, 3"), False, None)
     run_case("tfdprobust.evaluate", c, tmp_path)
+
+
+# ----------------------------------------------------------------------------- audit
+def _export_without_metadata(work):
+    (work / "export").mkdir()
+    (work / "export" / "saved_model.pb").write_bytes(os.urandom(300))
+
+
+AUDIT = [
+    case("no-model", "--out={tmp}/audit", "--model", "pass at least one"),
+    case("missing-model", "--model={tmp}/nowhere --out={tmp}/audit", "nowhere", "no such file", "pass an export"),
+    case("no-out", "--model={tmp}/export", "--out is required", setup=_export_without_metadata),
+    case("out-with-user-file", "--model={tmp}/export --out={tmp}/precious", "--out", "precious",
+         "choose a new folder", setup=_export_without_metadata),
+    case("out-under-a-file", "--model={tmp}/export --out={tmp}/a_file/audit", "--out", "choose a writable --out",
+         setup=_export_without_metadata),
+    case("alpha-inf", "--model={tmp}/export --out={tmp}/audit --alpha=inf", "--alpha", "finite",
+         setup=_export_without_metadata),
+    case("alpha-two", "--model={tmp}/export --out={tmp}/audit --alpha=2", "--alpha", "must be in (0, 1)",
+         setup=_export_without_metadata),
+    case("delta-zero", "--model={tmp}/export --out={tmp}/audit --delta=0", "--delta", "must be in (0, 1)",
+         setup=_export_without_metadata),
+    case("unknown-attacker", "--model={tmp}/export --out={tmp}/audit --attacker=svm", "--attacker", "choose one of",
+         setup=_export_without_metadata),
+    case("folds-one", "--model={tmp}/export --out={tmp}/audit --folds=1", "--folds", "must be >= 2",
+         setup=_export_without_metadata),
+    case("max_examples-five", "--model={tmp}/export --out={tmp}/audit --max_examples=5", "--max_examples", ">= 20",
+         setup=_export_without_metadata),
+    case("unknown-nonmembers", "--model={tmp}/export --out={tmp}/audit --nonmembers=val", "--nonmembers",
+         "choose one of", setup=_export_without_metadata),
+    case("seed-negative", "--model={tmp}/export --out={tmp}/audit --seed=-1", "--seed", "must be >= 0",
+         setup=_export_without_metadata),
+    case("names-and-models-differ", "--model={tmp}/export --out={tmp}/audit --name=a --name=b", "--name",
+         "one per model", setup=_export_without_metadata),
+    case("missing-data_dir", "--model={tmp}/export --out={tmp}/audit --data_dir={tmp}/nowhere", "--data_dir",
+         "pass the folder", setup=_export_without_metadata),
+    case("unknown-dataset", "--model={tmp}/export --out={tmp}/audit --dataset=svhn", "--dataset", "choose one of",
+         setup=_export_without_metadata),
+    case("no-recorded-members", "--model={tmp}/export --out={tmp}/audit", "data_config", "pass --data_dir",
+         setup=_export_without_metadata),
+    case("stray-argument", "--model={tmp}/export --out={tmp}/audit extra", "extra", "flag",
+         setup=_export_without_metadata),
+]
+
+
+@pytest.mark.parametrize("c", AUDIT)
+def test_audit_cli_bad_input(c, tmp_path):
+    run_case("tfdprobust.audit", c, tmp_path)
+
+
+# ----------------------------------------------------------------------------- experiment entry points
+EXPERIMENTS = [
+    case("public_norm-noise-inf", "tfdprobust.experiments.public_norm --noise=inf", "--noise", "finite"),
+    case("public_norm-noise-negative", "tfdprobust.experiments.public_norm --noise=-1", "--noise", "must be >= 0"),
+    case("public_norm-unknown-row", "tfdprobust.experiments.public_norm --rows=cifar", "--rows", "choose from"),
+    case("public_norm-seed-word", "tfdprobust.experiments.public_norm --seeds=one", "--seeds", "integers"),
+    case("public_norm-learning_rate-1e30", "tfdprobust.experiments.public_norm --learning_rate=1e30",
+         "--learning_rate", "must be in"),
+    case("public_norm-missing-data_dir", "tfdprobust.experiments.public_norm --data_dir={tmp}/nowhere",
+         "--data_dir", "point it at"),
+    case("public_norm-out-taken", "tfdprobust.experiments.public_norm --out={tmp}/precious", "--out",
+         "pass --overwrite"),
+    case("public_norm-report-without-results", "tfdprobust.experiments.public_norm --report_only",
+         "--report_only", "results.json"),
+    case("defaults_sweep-batch-zero", "tfdprobust.experiments.defaults_sweep --batch_sizes=0", "--batch_sizes",
+         "must be >= 1"),
+    case("defaults_sweep-unknown-optimizer", "tfdprobust.experiments.defaults_sweep --optimizers=adamw",
+         "--optimizers", "choose from"),
+    case("defaults_sweep-clip-inf", "tfdprobust.experiments.defaults_sweep --l2_clips=1,inf", "--l2_clips",
+         "finite"),
+    case("defaults_sweep-out-under-a-file", "tfdprobust.experiments.defaults_sweep --out={tmp}/a_file/sweep",
+         "--out", "choose a writable --out"),
+    case("cifar10-unknown-compare", "tfdprobust.experiments.cifar10 --compare=sgd,lion", "--compare", "choose from"),
+    case("cifar10-noise-negative", "tfdprobust.experiments.cifar10 --noise=-1", "--noise", "must be >= 0"),
+    case("cifar10-table_dir-is-a-file", "tfdprobust.experiments.cifar10 --compare=sgd --table_dir={tmp}/a_file",
+         "--table_dir", "give a folder"),
+    case("linear_gaussian-clip-inf", "tfdprobust.experiments.linear_gaussian --clip=inf", "--clip", "finite"),
+    case("linear_gaussian-out-taken", "tfdprobust.experiments.linear_gaussian --out={tmp}/precious", "--out",
+         "pass --overwrite"),
+    case("linear_gaussian-n-one", "tfdprobust.experiments.linear_gaussian --n=1", "--n", "must be >= 2"),
+    case("robustness_threats-noise-inf", "tfdprobust.experiments.robustness_threats --noise=inf", "--noise",
+         "finite"),
+    case("robustness_threats-out-taken", "tfdprobust.experiments.robustness_threats --out={tmp}/precious", "--out",
+         "--overwrite"),
+    case("private_robust-epsilon-inf", "tfdprobust.experiments.private_robust --target_epsilon=inf",
+         "--target_epsilon", "finite"),
+    case("private_robust-out-taken", "tfdprobust.experiments.private_robust --out={tmp}/precious", "--out",
+         "--overwrite"),
+    case("compare_autoattack-missing-model", "tfdprobust.experiments.compare_autoattack --model={tmp}/nowhere",
+         "nowhere", "no such file"),
+    case("compare_autoattack-eps-above-one",
+         "tfdprobust.experiments.compare_autoattack --model={tmp}/m.keras --eps_linf=2", "--eps_linf", "must be in",
+         setup=_junk_files),
+    case("compare_autoattack-folder-is-no-model",
+         "tfdprobust.experiments.compare_autoattack --model={tmp}/precious", "precious", "no saved_model.pb"),
+    case("train_foreign_cnn-epochs-zero", "tfdprobust.experiments.train_foreign_cnn --epochs=0", "--epochs",
+         "must be >= 1"),
+    case("train_foreign_cnn-out-not-keras", "tfdprobust.experiments.train_foreign_cnn --out={tmp}/model.h5",
+         "--out", ".keras"),
+    case("benchmark_training-steps-zero", "tfdprobust.experiments.benchmark_training --steps=0", "--steps",
+         "must be >= 1"),
+    case("benchmark_training-out-under-a-file", "tfdprobust.experiments.benchmark_training --out={tmp}/a_file/b",
+         "--out", "choose a writable --out"),
+    case("benchmark_evaluate-examples-zero", "tfdprobust.experiments.benchmark_evaluate --num_examples=0",
+         "--num_examples", "must be >= 1"),
+    case("benchmark_evaluate-out-with-user-file", "tfdprobust.experiments.benchmark_evaluate --out={tmp}/precious",
+         "--out", "choose a new folder"),
+]
+
+
+@pytest.mark.parametrize("c", EXPERIMENTS)
+def test_experiment_entry_point_bad_input(c, tmp_path):
+    module, *argv = c.argv
+    run_case(module, dataclasses.replace(c, argv=tuple(argv)), tmp_path)

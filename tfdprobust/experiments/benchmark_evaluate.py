@@ -58,11 +58,11 @@ def main(argv) -> int:
     from tfdprobust.evaluate.report import check_out_dir
 
     # Everything the suite will check, before the default model is trained.
-    cfg = evaluate.SuiteConfig(num_examples=FLAGS.num_examples)
     if FLAGS.out:
         check_out_dir(FLAGS.out, overwrite=False)
     for path in FLAGS.model:
         check_model_path(path)
+    cfg = evaluate.SuiteConfig(num_examples=FLAGS.num_examples)  # its last checks import TensorFlow
     with tempfile.TemporaryDirectory() as tmp:
         models = FLAGS.model or [_train_default_model(tmp)]
         t0 = time.time()
