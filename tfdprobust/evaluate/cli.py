@@ -45,7 +45,7 @@ flags.DEFINE_string("tfds_dir", None, "TFDS data dir (default: TFDS' own).", fla
 flags.DEFINE_enum("input_range", "unit", INPUT_RANGES, "What the model expects: unit ([0, 1]), byte "
                   "([0, 255]) or standardized ((x - mean) / std of the dataset). Checked on clean accuracy.",
                   flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Report folder (default: reports/<model name>, a fresh one). Never replaces "
+flags.DEFINE_string("out", None, "Report folder (default: reports/eval-<model name>, a fresh folder). Never replaces "
                     "a folder this tool did not write.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace an existing report folder written by this tool.", flag_values=FLAGS)
 flags.DEFINE_bool("quick", False, "A smaller suite: 200 images, quick preset, fewer steps.", flag_values=FLAGS)
