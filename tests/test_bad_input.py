@@ -18,6 +18,7 @@ points). Each case runs the CLI as a user would, in a subprocess with this check
 import dataclasses
 import gzip
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -491,3 +492,63 @@ EXPERIMENTS = [
 def test_experiment_entry_point_bad_input(c, tmp_path):
     module, *argv = c.argv
     run_case(module, dataclasses.replace(c, argv=tuple(argv)), tmp_path)
+
+
+# ----------------------------------------------------------------------------- help, and names read from source
+ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.evaluate", "tfdprobust.audit",
+                "tfdprobust.experiments.cifar10", "tfdprobust.experiments.public_norm",
+                "tfdprobust.experiments.defaults_sweep", "tfdprobust.experiments.robustness_threats",
+                "tfdprobust.experiments.private_robust", "tfdprobust.experiments.linear_gaussian",
+                "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
+                "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn"]
+
+_HELP_PROBE = """
+import runpy, sys
+module, flag = sys.argv[1:]
+sys.argv = [module, flag]
+code = 0
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    code = stop.code
+sys.stdout.flush()
+print("TENSORFLOW IMPORTED" if "tensorflow" in sys.modules else "no tensorflow", file=sys.stderr)
+sys.exit(code or 0)
+"""
+
+
+def test_every_entry_point_is_listed():
+    folder = os.path.join(ROOT, "tfdprobust", "experiments")
+    modules = {f"tfdprobust.experiments.{n[:-3]}" for n in os.listdir(folder)
+               if n.endswith(".py") and n not in ("__init__.py", "common.py")}
+    assert modules - set(ENTRY_POINTS) == set()
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpshort"])
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help_lists_the_flags_without_importing_tensorflow(module, flag):
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE, module, flag], capture_output=True, text=True,
+                          env=_env(), timeout=120, cwd=ROOT)
+    seconds = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "no tensorflow", proc.stderr[-2000:]
+    assert len(re.findall(r"^\s+--", proc.stdout, re.M)) >= 3, proc.stdout[-2000:]
+    assert seconds < FAST_SECONDS, f"--help took {seconds:.1f} s"
+
+
+def test_names_read_from_source_are_the_registries_names():
+    """The pre-TensorFlow checks read registry names from the source (flagcheck); they must
+    be exactly what the imported registries hold."""
+    from tfdprobust import (accounting, attacks, clipping, ensemble, flagcheck, models, optimizers, sampling,
+                            train_step)
+
+    assert flagcheck.registered_names("tfdprobust.models", "MODELS") == models.MODELS.names()
+    assert flagcheck.registered_names("tfdprobust.optimizers", "OPTIMIZERS") == optimizers.OPTIMIZERS.names()
+    assert flagcheck.registered_names("tfdprobust.clipping", "CLIPPINGS") == clipping.CLIPPINGS.names()
+    assert flagcheck.registered_names("tfdprobust.ensemble", "PRESETS") == ensemble.PRESETS.names()
+    assert flagcheck.registered_names("tfdprobust.sampling", "SAMPLERS") == sampling.SAMPLERS.names()
+    assert flagcheck.registered_names("tfdprobust.accounting", "ACCOUNTANTS") == accounting.ACCOUNTANTS.names()
+    assert sorted(flagcheck.attack_names()) == sorted(attacks.ATTACKS.names())
+    assert flagcheck.constant("tfdprobust.models", "NORMS") == models.NORMS
+    assert flagcheck.constant("tfdprobust.train_step", "DP_PATHS") == train_step.DP_PATHS
