@@ -56,9 +56,11 @@ class Case:
     setup: Optional[Callable] = None
 
 
-def case(id, argv, *needles, fast=True, setup=None):
+def case(id, argv, *needles, fast=True, setup=None, slow=False):
+    """A parametrized :class:`Case`. ``slow``: it imports TensorFlow (15-25 s on the shared
+    machine); one such case per kind stays in the default run, the rest run with ``-m slow``."""
     return pytest.param(Case(id, tuple(argv.split()) if isinstance(argv, str) else tuple(argv), needles, fast,
-                             setup), id=id)
+                             setup), id=id, marks=[pytest.mark.slow] if slow else [])
 
 
 def _snapshot(folder):
@@ -198,12 +200,14 @@ TRAINING = [
     case("tensorboard_dir-is-a-file", "--tensorboard_dir={tmp}/a_file", "--tensorboard_dir", "give a folder"),
     # Data files are read after TensorFlow loads (training.run): no 10 s bound.
     case("truncated-gz", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_truncated_gz),
-    case("not-gzip", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_not_gzip),
-    case("empty-data-file", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, setup=_empty_gz),
+    case("not-gzip", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False, slow=True,
+         setup=_not_gzip),
+    case("empty-data-file", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False,
+         slow=True, setup=_empty_gz),
     case("fashion-files-as-mnist", "--data_dir={tmp}/data --batch_size=50", "does not look like mnist", "--dataset=fashion_mnist",
-         fast=False, setup=_fashion_under_mnist),
+         fast=False, slow=True, setup=_fashion_under_mnist),
     case("wrong-image-shape", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", fast=False,
-         setup=_wrong_shape_idx),
+         slow=True, setup=_wrong_shape_idx),
 ]
 
 
@@ -271,7 +275,7 @@ TUNE = [
     case("overwrite-foreign-folder", "--overwrite", "--overwrite would delete it", "choose another",
          setup=_foreign_search_folder),
     case("corrupt-search_config", "", "search_config.json is unreadable or corrupt", "--overwrite", fast=False,
-         setup=_corrupt_search_config),
+         slow=True, setup=_corrupt_search_config),
     case("unknown-flag", "--clip=1", "clip", "--helpshort"),
 ]
 
@@ -364,7 +368,7 @@ EVALUATE = [
     case("corrupt-keras-file", "--model={tmp}/m.keras", "m.keras", "corrupt", "model.save()", fast=False,
          setup=_junk_files),
     case("corrupt-saved_model", "--model={tmp}/fake_saved_model", "fake_saved_model", "corrupt",
-         "tf.saved_model.save", fast=False, setup=_junk_files),
+         "tf.saved_model.save", fast=False, slow=True, setup=_junk_files),
 ]
 
 
@@ -374,6 +378,7 @@ def test_evaluate_cli_bad_input(c, tmp_path):
     run_case("tfdprobust.evaluate", c, tmp_path)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_refuses_a_model_of_the_wrong_input_shape(tmp_path, cifar_shaped_model, shared_data):
     c = Case("wrong-input-shape", (f"--model={cifar_shaped_model}", f"--data_dir={shared_data}", "--quick"),
              ("cifar_shaped", "32, 32, 3"), False, None)

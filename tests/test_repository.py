@@ -108,3 +108,36 @@ def test_readme_flag_table_lists_every_flag_with_its_real_default(module):
         if shown is None or not _same(_first_token(shown), default):
             wrong.append(f"--{name}: README ({shown}), --helpshort default {default!r}")
     assert not wrong, "README defaults differ from --helpshort:\n" + "\n".join(wrong)
+
+
+# ----------------------------------------------------------------------------- shell scripts
+def _shell_scripts():
+    for name, path in _tracked_text_files():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        if name.endswith(".sh") or (first.startswith("#!") and ("bash" in first or first.rstrip().endswith("sh"))):
+            yield name, path
+
+
+def test_every_shell_script_is_portable_fails_loudly_and_is_exercised():
+    """Each script parses, stops on a failed step (``set -e``, or ``set -u`` with its own
+    exit status), finds the checkout from its own location rather than the working
+    folder, and is run by a test or by CI."""
+    scripts = dict(_shell_scripts())
+    assert scripts, "no shell scripts found"
+    tests_text = "".join(open(os.path.join(ROOT, "tests", n), encoding="utf-8").read()
+                         for n in os.listdir(os.path.join(ROOT, "tests")) if n.endswith(".py"))
+    problems = []
+    for name, path in scripts.items():
+        text = open(path, encoding="utf-8").read()
+        syntax = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+        if syntax.returncode != 0:
+            problems.append(f"{name}: bash -n: {syntax.stderr.strip()}")
+        if not re.search(r"^set -[a-z]*e", text, re.M) and not (
+                re.search(r"^set -[a-z]*u", text, re.M) and re.search(r"^exit \$\w+", text, re.M)):
+            problems.append(f"{name}: neither `set -e` nor an exit status of its own")
+        if "cd " in text and "dirname" not in text:
+            problems.append(f"{name}: changes folder without finding itself (dirname \"$0\")")
+        if name != ".ci/run" and os.path.basename(name) not in tests_text:
+            problems.append(f"{name}: no test runs it")
+    assert not problems, "\n".join(problems)
