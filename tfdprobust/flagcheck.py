@@ -58,6 +58,7 @@ def registered_names(modules, registry: str, helper: Optional[str] = None) -> Tu
     """
     names = []
     for module in ([modules] if isinstance(modules, str) else modules):
+        found = []
         for node in ast.walk(_module_tree(module)):
             if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
@@ -65,7 +66,8 @@ def registered_names(modules, registry: str, helper: Optional[str] = None) -> Tu
             func = node.func
             if ((isinstance(func, ast.Attribute) and func.attr == "register" and isinstance(func.value, ast.Name)
                  and func.value.id == registry) or (helper and isinstance(func, ast.Name) and func.id == helper)):
-                names.append(node.args[0].value)
+                found.append((node.lineno, node.args[0].value))
+        names += [name for _, name in sorted(found)]  # source order, as the registry fills
     return tuple(names)
 
 
@@ -79,7 +81,16 @@ def package_modules(package: str) -> Tuple[str, ...]:
 def attack_names() -> Tuple[str, ...]:
     """The names in :data:`tfdprobust.attacks.ATTACKS` (registered through
     ``attacks.config._register``), read from the attack modules' source."""
-    return registered_names(package_modules("tfdprobust.attacks"), "ATTACKS", helper="_register")
+    modules = package_modules("tfdprobust.attacks")
+    init = open(os.path.join(_source_path("tfdprobust.attacks"), "__init__.py"), encoding="utf-8").read()
+    # the registry fills in the order attacks/__init__.py imports the modules
+    def imported_at(module):
+        short = module.rsplit(".", 1)[1]
+        spots = [init.find(f"tfdprobust.attacks import {short}"), init.find(f"tfdprobust.attacks.{short} import")]
+        return min([p for p in spots if p >= 0], default=len(init))
+
+    modules = sorted(modules, key=lambda m: (imported_at(m), m))
+    return registered_names(modules, "ATTACKS", helper="_register")
 
 
 def constant(module: str, name: str):

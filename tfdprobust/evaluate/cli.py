@@ -13,7 +13,6 @@ from typing import List, Optional, Sequence
 
 from absl import flags
 
-from tfdprobust import flagcheck
 from tfdprobust.errors import UsageError, require
 from tfdprobust.evaluate.config import DATASETS, INPUT_RANGES, QUICK, SECTIONS, SuiteConfig
 
@@ -139,6 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except flags.Error as e:
         print(f"error: {str(e).splitlines()[0]}; see --helpshort", file=sys.stderr)
         return 2
+    from tfdprobust.evaluate.data import check_data_dir
     from tfdprobust.evaluate.models import check_model_path
     from tfdprobust.evaluate.report import check_out_dir
     from tfdprobust.evaluate.run import evaluate_models
@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_out_dir(out, FLAGS.overwrite)
         for path in FLAGS.model:
             check_model_path(path)
-        flagcheck.existing_dir(FLAGS.data_dir, "--data_dir", "a folder with the raw test files")
+        check_data_dir(FLAGS.data_dir)
         cfg = config_from_flags()
         results = evaluate_models(FLAGS.model, FLAGS.data_dir, out, cfg, FLAGS.dataset, names, FLAGS.verbose,
                                   " ".join(full), overwrite=FLAGS.overwrite, input_range=FLAGS.input_range,
