@@ -207,6 +207,8 @@ TRAINING = [
          fast=False, slow=True, setup=_empty_gz),
     case("fashion-files-as-mnist", "--data_dir={tmp}/data --batch_size=50", "does not look like mnist",
          "--dataset=fashion_mnist", fast=False, slow=True, setup=_fashion_under_mnist),
+    case("data_dir-without-the-dataset", "--dataset=fashion_mnist --data_dir={tmp}/precious",
+         "--data_dir=", "has no fashion_mnist", "expected e.g.", fast=False, slow=True),
     case("wrong-image-shape", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz",
          "pass files of one dataset", fast=False,
          slow=True, setup=_wrong_shape_idx),
@@ -363,7 +365,7 @@ EVALUATE = [
     case("names-and-models-differ", "--model={tmp}/m.keras --name=a --name=b", "--name", "one per model",
          setup=_junk_files),
     case("verbose-five", "--model={tmp}/m.keras --verbose=5", "--verbose", "must be 0, 1 or 2", setup=_junk_files),
-    case("missing-data_dir", "--model={tmp}/m.keras --data_dir={tmp}/nowhere", "--data_dir", "point it at",
+    case("missing-data_dir", "--model={tmp}/m.keras --data_dir={tmp}/nowhere", "--data_dir", "pass the folder",
          setup=_junk_files),
     case("unknown-flag", "--model={tmp}/m.keras --attack=pgd", "attack", "--helpshort", setup=_junk_files),
     # Model contents are read after TensorFlow loads: no 10 s bound.
