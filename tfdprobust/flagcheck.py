@@ -23,7 +23,7 @@ import functools
 import importlib.util
 import math
 import os
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from tfdprobust.errors import require
 
@@ -223,9 +223,3 @@ def existing_dir(path: Optional[str], flag: str, what: str) -> None:
     """``path`` (if given) is an existing folder; ``what`` says what it should hold."""
     if path:
         require(os.path.isdir(path), f"{flag}={path} is not a folder; point it at {what}")
-
-
-def existing_paths(paths: Iterable[str], flag: str, what: str) -> None:
-    """Every path exists (a file or a folder)."""
-    for p in paths:
-        require(os.path.exists(p), f"{flag} {p}: no such file or directory; pass {what}")
