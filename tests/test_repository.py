@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -32,22 +33,111 @@ def test_no_file_holds_a_machine_specific_absolute_path():
     assert not offenders, "machine-specific paths:\n" + "\n".join(offenders)
 
 
-def _readme_flags(section: str):
+# ----------------------------------------------------------------------------- README flag tables
+def _helpshort(module):
+    """``{flag: (absl default or None, help text)}`` from ``python -m module --helpshort``."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found, current = {}, None
+    for line in proc.stdout.splitlines():
+        head = re.match(r"^  --(?:\[no\])?([A-Za-z_0-9]+): ?(.*)$", line)
+        if head:
+            current = head.group(1)
+            found[current] = [None, head.group(2)]
+        elif current and line.startswith("    "):
+            default = re.match(r"^    \(default: '?(.*?)'?\)$", line)
+            if default:
+                found[current][0] = default.group(1)
+            else:
+                found[current][1] += " " + line.strip()
+    return {name: tuple(v) for name, v in found.items()}
+
+
+def _readme_table(module):
+    """``{flag: text in parentheses after it, or None}`` from the table after the README's
+    ``<!-- flag table: module ...-->`` marker."""
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
-    table = "\n".join(line for line in body.splitlines() if line.startswith("|"))
-    return set(re.findall(r"`--([a-z_0-9]+)", table))
+    marker = f"<!-- flag table: {module} "
+    assert marker in text, f"README has no flag table for {module}"
+    rows = []
+    for line in text.split(marker, 1)[1].splitlines()[1:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    table = "\n".join(rows)
+    return {m.group(1): m.group(2) for m in
+            re.finditer(r"`--([a-z_0-9]+)`(?: / `--no[a-z_0-9]+`)?(?: \(((?:[^()]|\([^()]*\))*)\))?", table)}
 
 
-def test_readme_flag_table_matches_the_training_cli():
-    from absl import flags
+def _first_token(text):
+    return re.split(r"[\s;]", text.strip(), maxsplit=1)[0].rstrip(".,)").strip("'")
 
-    from tfdprobust.experiments import mnist  # noqa: F401  (defines the flags)
 
-    defined = {name for name in flags.FLAGS
-               if str(flags.FLAGS.find_module_defining_flag(name)).endswith("experiments.mnist")}
-    # a boolean flag may be documented in its --noname form
-    documented = {name[2:] if name.startswith("no") and name[2:] in defined else name
-                  for name in _readme_flags("Flags")}
-    assert documented - defined == set(), f"README documents flags the CLI lacks: {documented - defined}"
-    assert defined - documented == set(), f"CLI flags missing from the README table: {defined - documented}"
+def _same(shown, default):
+    words = {"true": "on", "false": "off"}
+    if words.get(default, default) == shown:
+        return True
+    try:
+        return float(shown) == float(default)
+    except ValueError:
+        return False
+
+
+CLIS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.evaluate", "tfdprobust.audit"]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_readme_flag_table_lists_every_flag_with_its_real_default(module):
+    """Every flag of ``--helpshort`` is in the README table and no other; where a flag has a
+    default (absl's, or the one its help states, e.g. "default 500"), the table shows it
+    first in the parentheses after the flag."""
+    defined = _helpshort(module)
+    table = _readme_table(module)
+    assert set(table) - set(defined) == set(), f"README documents flags {module} lacks: {set(table) - set(defined)}"
+    assert set(defined) - set(table) == set(), f"flags missing from the README table: {set(defined) - set(table)}"
+    wrong = []
+    for name, (default, help_text) in defined.items():
+        if default in (None, "", "[]"):
+            stated = re.search(r"[Dd]efault:? (\S.*)", help_text)
+            default = _first_token(stated.group(1)) if stated else None
+        if default is None:
+            continue
+        shown = table[name]
+        if shown is None or not _same(_first_token(shown), default):
+            wrong.append(f"--{name}: README ({shown}), --helpshort default {default!r}")
+    assert not wrong, "README defaults differ from --helpshort:\n" + "\n".join(wrong)
+
+
+# ----------------------------------------------------------------------------- shell scripts
+def _shell_scripts():
+    for name, path in _tracked_text_files():
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        if name.endswith(".sh") or (first.startswith("#!") and ("bash" in first or first.rstrip().endswith("sh"))):
+            yield name, path
+
+
+def test_every_shell_script_is_portable_fails_loudly_and_is_exercised():
+    """Each script parses, stops on a failed step (``set -e``, or ``set -u`` with its own
+    exit status), finds the checkout from its own location rather than the working
+    folder, and is run by a test or by CI."""
+    scripts = dict(_shell_scripts())
+    assert scripts, "no shell scripts found"
+    tests_text = "".join(open(os.path.join(ROOT, "tests", n), encoding="utf-8").read()
+                         for n in os.listdir(os.path.join(ROOT, "tests")) if n.endswith(".py"))
+    problems = []
+    for name, path in scripts.items():
+        text = open(path, encoding="utf-8").read()
+        syntax = subprocess.run(["bash", "-n", path], capture_output=True, text=True)
+        if syntax.returncode != 0:
+            problems.append(f"{name}: bash -n: {syntax.stderr.strip()}")
+        if not re.search(r"^set -[a-z]*e", text, re.M) and not (
+                re.search(r"^set -[a-z]*u", text, re.M) and re.search(r"^exit \$\w+", text, re.M)):
+            problems.append(f"{name}: neither `set -e` nor an exit status of its own")
+        if "cd " in text and "dirname" not in text:
+            problems.append(f"{name}: changes folder without finding itself (dirname \"$0\")")
+        if name != ".ci/run" and os.path.basename(name) not in tests_text:
+            problems.append(f"{name}: no test runs it")
+    assert not problems, "\n".join(problems)

@@ -14,6 +14,7 @@ Example::
         cli.run(main)
 """
 
+import os
 import sys
 from typing import Callable, List, Sequence
 
@@ -22,6 +23,9 @@ from absl import app, flags
 from tfdprobust.errors import UsageError
 
 EXIT_USAGE = 2
+# TensorFlow's C++ start-up logs three "E ... Unable to register cuDNN factory" lines on
+# CPU machines; level 3 keeps stderr to the one line a CLI prints on bad input.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def fail(message: str) -> None:
@@ -30,20 +34,37 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull",
+              "--helpxml", "-helpxml")
+
+
 def parse_flags(argv: Sequence[str]) -> List[str]:
-    """absl's parser, but a bad flag is one line and exit 2 instead of a usage dump."""
+    """absl's parser, but a bad flag is one line and exit 2 instead of a usage dump, and
+    ``--help``/``--helpshort`` exit 0 (absl exits 1 after printing the help)."""
     try:
         return flags.FLAGS(list(argv))
     except flags.Error as err:
         fail(f"{err}; run with --helpshort to list the flags")
+    except SystemExit as stop:
+        if stop.code == 1 and any(a in HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     return []  # unreachable
 
 
 def guarded(main: Callable[[List[str]], int]) -> Callable[[List[str]], int]:
-    """Wraps ``main`` so a :class:`UsageError` becomes one line and exit status 2."""
+    """Wraps ``main`` so a :class:`UsageError` becomes one line and exit status 2.
+
+    Before ``main`` runs, every float flag (and every number in a list flag) must be
+    finite: no CLI has a use for ``inf`` or ``nan``, and they would reach the training or
+    the accountant (see :func:`tfdprobust.flagcheck.finite_floats`).
+    """
 
     def wrapper(argv):
+        from tfdprobust import flagcheck
+
         try:
+            flagcheck.finite_floats(flags.FLAGS)
             return main(argv)
         except UsageError as err:
             fail(str(err))

@@ -515,4 +515,11 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
 
     train = _cap(train, cfg.max_train)
     test = _cap(test, cfg.max_test)
+    for other in (test, public):
+        # A network is built for the training images' shape; any other shape fails deep in Keras.
+        require(other is None or other.x.shape[1:] == train.x.shape[1:],
+                f"--data_dir: the training images ({train.source}) are {'x'.join(map(str, train.x.shape[1:]))} "
+                f"but {other.source if other is not None else ''} holds "
+                f"{'x'.join(map(str, other.x.shape[1:])) if other is not None else ''} images; pass files of "
+                "one dataset")
     return ExperimentData(train, test, public, tuple(notes))

@@ -25,6 +25,7 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+from tfdprobust import flagcheck
 from tfdprobust.errors import require
 
 METADATA_FILE = "metadata.json"
@@ -117,15 +118,7 @@ def check_destination(out_dir: str, flag: str = "--export_dir", overwrite: bool 
     Raises:
         UsageError: naming ``flag`` and the fix.
     """
-    out_dir = os.path.abspath(out_dir)
-    require(overwrite or not os.path.exists(out_dir),
-            f"{out_dir} already exists; choose another {flag} or --run_name (nothing was overwritten)")
-    parent = os.path.dirname(out_dir)
-    existing = parent
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    require(os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK),
-            f"{flag}: cannot create {out_dir} ({existing} is not a writable folder); choose a writable {flag}")
+    flagcheck.new_path(out_dir, flag, overwrite, also="--run_name")
 
 
 def export_model(net: tf.keras.Model, out_dir: str, metadata: Dict[str, Any],

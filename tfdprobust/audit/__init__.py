@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfdprobust import flagcheck
 from tfdprobust.audit import bounds, mia, report
 from tfdprobust.errors import UsageError, require
 
@@ -74,6 +75,7 @@ class AuditConfig:
         require(self.max_examples == 0 or self.max_examples >= 20,
                 f"--max_examples must be 0 (all members) or >= 20, got {self.max_examples}")
         require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+        require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
         require(self.nonmembers in NONMEMBER_SOURCES,
                 f"--nonmembers={self.nonmembers!r} is unknown; choose one of {', '.join(NONMEMBER_SOURCES)}")
 
@@ -289,7 +291,10 @@ def prepare(model_paths: Sequence[str], names: Optional[Sequence[str]], out_dir:
     if out_dir is not None:
         require(report.is_ours(out_dir),
                 f"--out {out_dir} exists and is not an earlier audit's output; choose a new folder or remove it")
-    require(data_dir is None or os.path.isdir(data_dir), f"--data_dir {data_dir}: no such directory")
+        flagcheck.writable_dir(out_dir, "--out")
+    require(data_dir is None or os.path.isdir(data_dir),
+            f"--data_dir {data_dir}: no such directory; pass the folder with the raw training files the "
+            "model was trained on")
     targets, seen = [], set()
     for i, path in enumerate(model_paths):
         meta = read_metadata(path)

@@ -12,7 +12,7 @@ written). The work is :func:`tfdprobust.audit.run_audit`; this file only reads f
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags, logging
@@ -43,12 +43,13 @@ def main(argv):
         print(f"error: unexpected argument {argv[1]!r}; every input is a flag (see --help)", file=sys.stderr)
         return 2
     logging.set_verbosity(logging.ERROR)
-    from tfdprobust import audit
+    from tfdprobust import audit, flagcheck
     from tfdprobust.audit import report
     from tfdprobust.errors import UsageError
 
     command = "python -m tfdprobust.audit " + " ".join(sys.argv[1:])
     try:
+        flagcheck.finite_floats(FLAGS)
         if not FLAGS.model:
             raise UsageError("pass at least one --model (an export folder, e.g. saved_models/<run>)")
         if not FLAGS.out:

@@ -44,7 +44,7 @@ flags.DEFINE_string("tfds_dir", None, "TFDS data dir (default: TFDS' own).", fla
 flags.DEFINE_enum("input_range", "unit", INPUT_RANGES, "What the model expects: unit ([0, 1]), byte "
                   "([0, 255]) or standardized ((x - mean) / std of the dataset). Checked on clean accuracy.",
                   flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Report folder (default: reports/<model name>, a fresh one). Never replaces "
+flags.DEFINE_string("out", None, "Report folder (default: reports/eval-<model name>, a fresh folder). Never replaces "
                     "a folder this tool did not write.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace an existing report folder written by this tool.", flag_values=FLAGS)
 flags.DEFINE_bool("quick", False, "A smaller suite: 200 images, quick preset, fewer steps.", flag_values=FLAGS)
@@ -123,7 +123,7 @@ def _help_requested(argv: Sequence[str]) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the CLI on ``argv`` (without the program name); returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
     argv = list(sys.argv[1:] if argv is None else argv)
     full = ["python -m tfdprobust.evaluate"] + [str(a) for a in argv]
     text = _help_requested(full)
@@ -138,6 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except flags.Error as e:
         print(f"error: {str(e).splitlines()[0]}; see --helpshort", file=sys.stderr)
         return 2
+    from tfdprobust.evaluate.data import check_data_dir
+    from tfdprobust.evaluate.models import check_model_path
+    from tfdprobust.evaluate.report import check_out_dir
     from tfdprobust.evaluate.run import evaluate_models
 
     try:
@@ -145,9 +148,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if len(rest) > 1 else "")
         require(FLAGS.model, "--model is required: a SavedModel directory or a .keras/.h5 file")
         require(FLAGS.verbose in (0, 1, 2), f"--verbose must be 0, 1 or 2, got {FLAGS.verbose}")
-        cfg = config_from_flags()
         names: List[str] = list(FLAGS.name or [])
+        require(not names or len(names) == len(FLAGS.model),
+                f"--name given {len(names)} times for {len(FLAGS.model)} --model; give one per model or none")
         out = FLAGS.out or _default_out(names or [os.path.basename(os.path.normpath(m)) for m in FLAGS.model])
+        # Destination and model paths before the config, whose last checks import TensorFlow.
+        check_out_dir(out, FLAGS.overwrite)
+        for path in FLAGS.model:
+            check_model_path(path)
+        check_data_dir(FLAGS.data_dir)
+        cfg = config_from_flags()
         results = evaluate_models(FLAGS.model, FLAGS.data_dir, out, cfg, FLAGS.dataset, names, FLAGS.verbose,
                                   " ".join(full), overwrite=FLAGS.overwrite, input_range=FLAGS.input_range,
                                   tfds_dir=FLAGS.tfds_dir)

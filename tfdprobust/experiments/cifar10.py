@@ -24,7 +24,7 @@ batches in ``--data_dir``. Offline without them, pass ``--dataset=fashion_mnist
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import csv
 import dataclasses
@@ -53,6 +53,7 @@ for _name, _value in DEFAULTS.items():
 flags.DEFINE_list("compare", [], "Comparison entries to run (or 'all'): " + ", ".join(
     ["sgd", "adam", "rmsprop", "dp_sgd", "dp_adam", "dp_adambc", "dp_automatic", "dp_adaptive"]))
 flags.DEFINE_string("table_dir", "experiments/cifar10", "Where --compare writes its tables.")
+flags.adopt_module_key_flags(mnist)  # --helpshort lists the shared flags with these defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,12 @@ def main(argv):
     """One run, or the comparison with ``--compare``. Bad input: one line, exit 2."""
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
-    compare_entries()  # a bad entry fails in one line before TensorFlow loads
+    compare_entries()  # bad input fails in one line before TensorFlow loads
+    mnist.check_flags()
+    if FLAGS.compare:
+        from tfdprobust import flagcheck
+
+        flagcheck.writable_dir(FLAGS.table_dir, "--table_dir")
     logging.set_verbosity(logging.ERROR)
     from tfdprobust import training
 

@@ -236,3 +236,39 @@ def ints(values: Sequence[str]) -> List[int]:
 
 def cleanup_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def check_out(fv) -> None:
+    """``--out`` (with ``--overwrite``/``--resume``/``--report_only`` where the entry point
+    has them) before any work: a new or empty folder, one to regenerate, or one holding
+    the ``results.json`` to report on. Nothing is created.
+
+    Raises:
+        UsageError: naming ``--out`` and the fix.
+    """
+    from tfdprobust import flagcheck
+    from tfdprobust.errors import require
+
+    out = fv.out
+    flag = lambda name: name in fv and fv[name].value  # noqa: E731
+    if flag("report_only"):
+        require(os.path.isfile(os.path.join(out, "results.json")),
+                f"--report_only: {out} holds no results.json; run without --report_only first, or point "
+                "--out at a folder with results")
+        return
+    require(not (os.path.isdir(out) and os.listdir(out)) or flag("overwrite") or flag("resume"),
+            f"--out={out} already holds results; pass --overwrite to regenerate them (or choose another --out)")
+    flagcheck.writable_dir(out, "--out")
+
+
+def check_data_flags(fv) -> None:
+    """The data flags the experiment entry points share (names, folders); NumPy only."""
+    from tfdprobust import data, flagcheck
+
+    if "dataset" in fv:
+        flagcheck.choice(fv, "dataset", data.TFDS_DATASETS)
+    if "public_dataset" in fv:
+        flagcheck.choice(fv, "public_dataset", data.PUBLIC_DATASETS)
+    for name in ("data_dir", "public_data_dir", "mnist_data_dir"):
+        if name in fv:
+            flagcheck.existing_dir(fv[name].value, f"--{name}", "a folder with the raw data files")

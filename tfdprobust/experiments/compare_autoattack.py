@@ -78,8 +78,26 @@ def _write(rows, source):
     os.replace(tmp, FLAGS.out)
 
 
+def check_flags():
+    """Every check that needs neither TensorFlow nor data (before the long run starts)."""
+    from tfdprobust import data, flagcheck as fc
+    from tfdprobust.evaluate.models import check_model_path
+
+    for path in FLAGS.model:
+        check_model_path(path)
+    fc.choice(FLAGS, "dataset", data.TFDS_DATASETS[:4])
+    fc.choice(FLAGS, "preset", fc.registered_names("tfdprobust.ensemble", "PRESETS"))
+    fc.existing_dir(FLAGS.data_dir, "--data_dir", "the raw test files")
+    fc.ranges(FLAGS, {"num_examples": ">=1", "art_restarts": ">=1", "art_square_queries": ">=1", "seed": ">=0"})
+    fc.list_numbers(FLAGS, "eps_linf", "(0,1]")
+    fc.list_numbers(FLAGS, "eps_l2", ">0")
+    if FLAGS.out:
+        fc.writable_parent(FLAGS.out, "--out")
+
+
 def main(argv):
     del argv
+    check_flags()
     import numpy as np
     import tensorflow as tf
 

@@ -439,6 +439,9 @@ def main(argv=None) -> int:
         return 0
     try:
         FLAGS(argv)
+        from tfdprobust import flagcheck
+
+        flagcheck.finite_floats(FLAGS)
         _resolve_out(FLAGS)
         res = run(FLAGS)
     except flags.Error as e:

@@ -11,7 +11,7 @@ This file only turns flags into configs; the work is :func:`tfdprobust.training.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide CUDA-probe noise on CPU machines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
 
 from absl import flags, logging
 
@@ -98,16 +98,48 @@ DP_LEARNING_RATE = 4.0
 NON_DP_LEARNING_RATE = 0.1
 
 
-def config_from_flags():
-    """Builds a validated :class:`tfdprobust.training.RunConfig` from the flags."""
-    from tfdprobust import attacks, training
+def data_config():
+    """The :class:`tfdprobust.data.DataConfig` of the flags (NumPy only: no TensorFlow)."""
     from tfdprobust.data import DataConfig
-    from tfdprobust.errors import require
-    from tfdprobust.models import ModelConfig
-    from tfdprobust.train_step import DPConfig, TrainConfig
 
+    return DataConfig(dataset=FLAGS.dataset, public_dataset=FLAGS.public_dataset,
+                      public_examples=FLAGS.public_examples if FLAGS.norm == "public_bn" else 0,
+                      public_from_private=FLAGS.public_from_private,
+                      data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, max_train=FLAGS.max_train,
+                      max_test=FLAGS.max_test, seed=FLAGS.seed)
+
+
+def check_flags():
+    """Every check that needs neither TensorFlow nor data: numbers, names, flag
+    combinations, the data folder and the destinations. Runs first, so bad input fails
+    within a second; the configs check everything again (and the data-dependent rest)."""
+    from tfdprobust import flagcheck as fc
+    from tfdprobust.errors import require
+
+    fc.finite_floats(FLAGS)
+    fc.ranges(FLAGS, {"noise": ">=0", "l2_clip": ">0", "learning_rate": "(0,1e6]", "delta": "(0,1)",
+                      "target_epsilon": ">0", "eps": ">=0", "step_size": ">0", "adv_weight": "[0,1]",
+                      "auto_gamma": ">0", "target_quantile": "(0,1)", "quantile_learning_rate": ">0",
+                      "count_noise": ">0", "epochs": ">=1", "batch_size": ">=1", "steps": ">=1",
+                      "eval_steps": ">=1", "eval_restarts": ">=1", "eval_examples": ">=0", "max_train": ">=0",
+                      "max_test": ">=0", "public_examples": ">=0", "groups": ">=1", "seed": ">=0",
+                      "verbose": ">=0"})
     require(FLAGS.attack in ATTACK_CHOICES,
             f"--attack={FLAGS.attack!r} is unknown; choose one of {', '.join(ATTACK_CHOICES)}")
+    require(FLAGS.eps <= 1 or FLAGS.attack == "pgd_l2",
+            f"--eps must be in [0, 1] for an l_inf attack on images in [0, 1], got {FLAGS.eps}")
+    fc.choice(FLAGS, "model", fc.registered_names("tfdprobust.models", "MODELS"))
+    fc.choice(FLAGS, "norm", fc.constant("tfdprobust.models", "NORMS"))
+    fc.choice(FLAGS, "activation", ("relu", "tanh"))
+    fc.choice(FLAGS, "optimizer", fc.registered_names("tfdprobust.optimizers", "OPTIMIZERS"))
+    fc.choice(FLAGS, "dp_path", fc.constant("tfdprobust.train_step", "DP_PATHS"))
+    fc.choice(FLAGS, "clipping", fc.registered_names("tfdprobust.clipping", "CLIPPINGS"))
+    fc.choice(FLAGS, "sampling", fc.registered_names("tfdprobust.sampling", "SAMPLERS"))
+    fc.choice(FLAGS, "accountant", fc.registered_names("tfdprobust.accounting", "ACCOUNTANTS"))
+    fc.choice(FLAGS, "eval_preset", fc.registered_names("tfdprobust.ensemble", "PRESETS"))
+    require(not (FLAGS.dp and FLAGS.dp_path == "tf_privacy" and FLAGS.sampling == "poisson"),
+            "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
+            "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
     # Flags that would be silently ignored are conflicts.
     conflicts = [("target_epsilon", not FLAGS.dp, "--nodp trains without noise"),
                  ("insecure_reproducible_noise", not FLAGS.dp, "--nodp adds no noise"),
@@ -123,6 +155,26 @@ def config_from_flags():
     for name, clash, why in conflicts:
         require(not (FLAGS[name].present and clash),
                 f"--{name} conflicts with the other flags: {why}; drop --{name}")
+    data_config()  # names, the public/private split and --data_dir (NumPy only)
+    if FLAGS.run_name is not None:
+        require(FLAGS.run_name and os.sep not in FLAGS.run_name and not FLAGS.run_name.startswith("."),
+                f"--run_name={FLAGS.run_name!r} must be a plain folder name (no '{os.sep}', not starting "
+                "with '.'); put the folder in --export_dir")
+        target = os.path.join(FLAGS.export_dir, FLAGS.run_name)
+        fc.new_path(target, "--export_dir", also="--run_name")
+        fc.new_path(target + ".json", "--export_dir", also="--run_name")
+    else:  # the default name is unique; the folder only has to be writable
+        fc.writable_dir(FLAGS.export_dir, "--export_dir")
+    fc.writable_dir(FLAGS.tensorboard_dir, "--tensorboard_dir")
+
+
+def config_from_flags():
+    """Builds a validated :class:`tfdprobust.training.RunConfig` from the flags."""
+    check_flags()
+    from tfdprobust import attacks, training
+    from tfdprobust.models import ModelConfig
+    from tfdprobust.train_step import DPConfig, TrainConfig
+
     attack = None
     eval_attack = None
     if FLAGS.attack != "none":
@@ -143,11 +195,7 @@ def config_from_flags():
         attack=attack, adv_weight=FLAGS.adv_weight)
     return training.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
-        data=DataConfig(dataset=FLAGS.dataset, public_dataset=FLAGS.public_dataset,
-                        public_examples=FLAGS.public_examples if FLAGS.norm == "public_bn" else 0,
-                        public_from_private=FLAGS.public_from_private,
-                        data_dir=FLAGS.data_dir, tfds_dir=FLAGS.tfds_dir, max_train=FLAGS.max_train,
-                        max_test=FLAGS.max_test, seed=FLAGS.seed),
+        data=data_config(),
         model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation, groups=FLAGS.groups,
                           weight_standardization=FLAGS.weight_standardization),
         epochs=FLAGS.epochs, sampling=FLAGS.sampling, delta=FLAGS.delta, accountant=FLAGS.accountant,
@@ -161,6 +209,7 @@ def main(argv):
     """Validates the flags, trains, prints the summary. Bad input: one line, exit 2."""
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
+    check_flags()  # before TensorFlow is imported: a typo costs a second, not the import
     logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every asset at INFO
     from tfdprobust import training
 

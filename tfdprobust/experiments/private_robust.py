@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags, logging

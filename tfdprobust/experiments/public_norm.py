@@ -25,7 +25,7 @@ finished), ``table.md`` (mean ± std over seeds beside the paper) and ``accuracy
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags, logging
@@ -234,8 +234,30 @@ def write_figures(results, out):
     plt.close(fig)
 
 
+def check_flags():
+    """Every check that needs neither TensorFlow nor data, before anything is written."""
+    from tfdprobust import flagcheck as fc
+    from tfdprobust.experiments import common
+
+    common.check_out(FLAGS)
+    if FLAGS.report_only:
+        return
+    common.check_data_flags(FLAGS)
+    fc.ranges(FLAGS, {"public_examples": ">=0", "max_train": ">=0", "max_test": ">=0", "max_robust_test": ">=1",
+                      "batch_size": ">=1", "learning_rate": "(0,1e6]", "l2_clip": ">0", "noise": ">=0",
+                      "delta": "(0,1)", "eps": "[0,1]", "steps": ">=1", "adv_weight": "[0,1]",
+                      "eval_steps": ">=1", "full_size": ">=1", "trajectory_every": ">=1"})
+    fc.list_choices(FLAGS, "rows", tuple(ROW_TITLES))
+    fc.list_choices(FLAGS, "norms", tuple(PAPER))
+    fc.list_numbers(FLAGS, "seeds", ">=0", int)
+    fc.choice(FLAGS, "model", fc.registered_names("tfdprobust.models", "MODELS"))
+    fc.choice(FLAGS, "optimizer", fc.registered_names("tfdprobust.optimizers", "OPTIMIZERS"))
+    fc.choice(FLAGS, "attack", ("none", "pgd_linf", "pgd_l2"))
+
+
 def main(argv):
     del argv
+    check_flags()
     logging.set_verbosity(logging.ERROR)
     from tfdprobust.experiments import common
 

