@@ -54,6 +54,8 @@ flags.DEFINE_string("model_dir", None, "Where the trained SavedModels go (defaul
 flags.DEFINE_string("out", "experiments/robustness_threats", "Output folder (must be new unless --overwrite).")
 flags.DEFINE_boolean("overwrite", False, "Regenerate into an existing --out folder.")
 flags.DEFINE_boolean("skip_training", False, "Reuse the SavedModels already in --model_dir.")
+flags.DEFINE_boolean("reuse_evaluation", False, "Keep the evaluations already in --out/eval_* whose models did not "
+                     "change (e.g. after adding the Fig. 3 variants to a finished run).")
 flags.DEFINE_boolean("report_only", False, "Only rebuild tables and figures from --out/results.json.")
 flags.DEFINE_integer("verbose", 1, "Progress output of the evaluation.")
 
@@ -136,6 +138,8 @@ def train_models(model_dir, data_dir):
 
 def evaluate_all(model_dir, data_dir, out):
     """All robustness numbers, through tfdprobust.evaluate.evaluate_models only."""
+    import json
+
     from tfdprobust import evaluate
 
     specs = model_specs()
@@ -151,15 +155,23 @@ def evaluate_all(model_dir, data_dir, out):
         curvature_examples=FLAGS.curvature_examples, curvature_k=15, corruptions=tuple(FLAGS.corruptions), **common)
     pgd30 = evaluate.SuiteConfig(sections=("sweeps",), sweep_attacks=("pgd_linf",), eps_linf=(0.0, 0.1, 0.2, 0.3),
                                  steps=30, **common)
-    res = {"main": evaluate.evaluate_models(paths(main), data_dir, os.path.join(out, "eval_main"), full,
-                                            FLAGS.dataset, main, FLAGS.verbose),
-           "pgd30": evaluate.evaluate_models(paths(main), data_dir, os.path.join(out, "eval_pgd30"), pgd30,
-                                             FLAGS.dataset, main, FLAGS.verbose)}
+    def run(names, folder, suite):
+        path = os.path.join(out, folder, "results.json")
+        if FLAGS.reuse_evaluation and os.path.exists(path):
+            with open(path) as f:
+                earlier = json.load(f)
+            earlier = earlier.get("models", earlier) if isinstance(earlier, dict) else earlier
+            if [r["name"] for r in earlier] == list(names):
+                print(f"reusing the evaluation in {os.path.join(out, folder)}", flush=True)
+                return earlier
+        return evaluate.evaluate_models(paths(names), data_dir, os.path.join(out, folder), suite, FLAGS.dataset,
+                                        list(names), FLAGS.verbose, overwrite=True)
+
+    res = {"main": run(main, "eval_main", full), "pgd30": run(main, "eval_pgd30", pgd30)}
     variants = [n for n in specs if n not in main]
     if variants:
         fgsm = evaluate.SuiteConfig(sections=("sweeps",), sweep_attacks=("fgsm",), eps_linf=eps_fgsm, **common)
-        res["variants"] = evaluate.evaluate_models(paths(variants), data_dir, os.path.join(out, "eval_variants"),
-                                                   fgsm, FLAGS.dataset, variants, FLAGS.verbose)
+        res["variants"] = run(variants, "eval_variants", fgsm)
     return res
 
 
