@@ -241,11 +241,15 @@ def evaluate_runs(out: str, data_dir: str, runs, model_dir: str):
     names = [r["name"] for r in runs]
     paths = [os.path.join(model_dir, n) for n in names]
     common_cfg = dict(num_examples=FLAGS.eval_examples, seed=FLAGS.seed, steps=FLAGS.val_steps)
+    # Both calls run the gradient-masking checks (tfdprobust.sanity); the sweep call runs them
+    # on 50 examples, the ensemble call (which also checks black-box vs white-box) on 20, so
+    # the checks do not cost more than the attacks they check.
     sweeps = evaluate.SuiteConfig(sections=("sweeps",), sweep_attacks=TABLE2_ATTACKS,
                                   eps_linf=tuple(common.floats(FLAGS.table_eps_linf)),
-                                  eps_l2=tuple(common.floats(FLAGS.table_eps_l2)), **common_cfg)
+                                  eps_l2=tuple(common.floats(FLAGS.table_eps_l2)), check_examples=50, **common_cfg)
     ens = evaluate.SuiteConfig(sections=("ensemble",), preset="standard", eps_linf=(0.0, FLAGS.eps),
-                               eps_l2=(0.0, FLAGS.table2_eps_l2), **common_cfg)
+                               eps_l2=(0.0, FLAGS.table2_eps_l2), check_examples=20, square_queries=300,
+                               **common_cfg)
     return {
         "sweeps": evaluate.evaluate_models(paths, data_dir, os.path.join(out, "eval_sweeps"), sweeps, FLAGS.dataset,
                                            names, FLAGS.verbose, overwrite=True),
