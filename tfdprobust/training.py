@@ -113,12 +113,13 @@ class RunConfig:
         require(not (dp.enabled and dp.path == "tf_privacy" and self.sampling == "poisson"),
                 "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
                 "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
-        distribute.STRATEGIES.get(self.strategy)  # unknown names list the choices
+        require(self.strategy in distribute.STRATEGIES, f"--strategy must be one of "
+                f"{', '.join(distribute.STRATEGIES.names())}, got {self.strategy!r}")
         if self.strategy != "none":
-            require(self.sampling == "poisson", f"--strategy={self.strategy} needs --sampling=poisson (each replica "
-                    "Poisson-samples its own shard of the data); drop --sampling=shuffle")
             require(not (dp.enabled and dp.path == "tf_privacy"),
                     f"--strategy={self.strategy} needs --dp_path=vectorized (it all-reduces the clipped sums)")
+            require(self.sampling == "poisson", f"--strategy={self.strategy} needs --sampling=poisson (each replica "
+                    "Poisson-samples its own shard of the data); drop --sampling=shuffle")
             require(not dp.adaptive, f"--strategy={self.strategy} does not support --clipping=adaptive yet (its "
                     "count release is not all-reduced); use --clipping=flat, per_layer or automatic")
         require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
@@ -171,6 +172,10 @@ def build_trainer(cfg: RunConfig, public: Optional[data.ImageData], input_shape=
         net = models.build_model(model_cfg, seed=cfg.seed)
         trainer = train_step.PrivateRobustModel(net, cfg.train, public_images, noise_generator=noise)
         trainer.compile()
+    if strategy is not None:
+        # Keras would sum the replicas' step logs; the metrics are local means and the clipping
+        # diagnostics local statistics, so the live logs show the first local replica's instead.
+        trainer.distribute_reduction_method = "first"
     return trainer
 
 
