@@ -54,9 +54,15 @@ def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized") -> Dict:
         dp=train_step.DPConfig(enabled=dp, path=path, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
     model = train_step.PrivateRobustModel(net, cfg)
     model.compile()
-    rules = "per-layer rules" if train_step.per_example.supports(net) else "vectorized_map"
+    if not dp:
+        label = "tfdprobust train step, DP off"
+    elif path == "tf_privacy":
+        label = "tensorflow-privacy DPKerasSGDOptimizer in our train step (one microbatch per example)"
+    else:
+        rules = "per-layer rules" if train_step.per_example.supports(net) else "vectorized_map fallback"
+        label = f"tfdprobust fast DP path ({rules})"
     return common.timed(_fit_step(model, tf.constant(x), tf.constant(y)), spec, models.count_parameters(net),
-                        path=(f"tfdprobust {path}, {rules}" if dp else "tfdprobust train step, DP off"))
+                        path=label)
 
 
 def keras_fit(spec: peers.Spec) -> Dict:
