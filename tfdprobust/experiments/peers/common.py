@@ -27,18 +27,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def current_rss_mb() -> float:
+    """This process's resident set size now (``VmRSS``; the peak where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
 def timed(step: Callable[[], None], spec, params: int, warmup: int = 2, **extra) -> Dict:
     """Warms ``step`` up (tracing, compilation), then times it.
 
-    ``step`` must block until its update is done. The baseline RSS is read before the
-    first step: framework, data and model are loaded by then, so peak minus baseline is
-    the memory training itself adds (including its graph compilation).
+    ``step`` must block until its update is done. The baseline is the RSS right before the
+    first step (framework, data and model loaded); the peak RSS (``ru_maxrss``) at the end
+    minus it is the memory training itself adds, its tracing and compilation included. A
+    transient peak before the baseline (e.g. while importing) can hide growth below it, so
+    the report gives the absolute peak too.
 
     Returns:
         The figures of one configuration: examples per CPU-second (process time, all
         threads) and per wall-second, steps, peak and baseline RSS, parameter count.
     """
-    baseline = peak_rss_mb()
+    baseline = current_rss_mb()
     for _ in range(warmup):
         step()
     cpu0, wall0, steps = time.process_time(), time.perf_counter(), 0

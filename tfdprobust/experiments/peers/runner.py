@@ -92,6 +92,7 @@ def report(results: Sequence[Dict], command: str, label: str) -> str:
              "minus the RSS before the first step (framework, data and model loaded), so it includes tracing "
              "and compilation. The ratio column compares each DP entry with the non-private step of its own "
              "framework (ours and tensorflow-privacy: our train step with DP off).", ""]
+    lines += parameter_check(results) + [""]
     for model, batch, attack in groups:
         lines += [f"## {model}, B = {batch}, {'PGD-10 adversarial training' if attack == 'pgd' else 'no attack'}", "",
                   "| entry | examples/CPU-s | vs own non-DP | examples/s (wall) | extra MB | peak MB | params | steps | "
@@ -112,6 +113,24 @@ def report(results: Sequence[Dict], command: str, label: str) -> str:
                 f"{r['load_before']:.1f} | {r['path']} |")
         lines += [""] + _headline(by_key, model, batch, attack) + [""]
     return "\n".join(lines) + "\n"
+
+
+def parameter_check(results: Sequence[Dict]) -> List[str]:
+    """One line per network: the trainable parameter count of every entry that ran (the
+    frameworks must build the same architecture), or the mismatch."""
+    counts: Dict[str, Dict[int, List[str]]] = {}
+    for r in results:
+        if "parameters" in r:
+            counts.setdefault(r["model"], {}).setdefault(r["parameters"], []).append(r["framework"])
+    lines = []
+    for model, by_count in counts.items():
+        if len(by_count) == 1:
+            (count, names), = by_count.items()
+            lines.append(f"- {model}: {count:,} trainable parameters in all {len(set(names))} entries that ran")
+        else:
+            lines.append(f"- {model}: PARAMETER COUNTS DIFFER: " + "; ".join(
+                f"{count:,} ({', '.join(sorted(set(names)))})" for count, names in by_count.items()))
+    return lines
 
 
 def _headline(by_key: Dict, model: str, batch: str, attack: str) -> List[str]:
