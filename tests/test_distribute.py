@@ -125,6 +125,23 @@ def test_bad_tf_config_is_one_line_naming_the_fix(text, needle):
     assert "\n" not in str(err.value) and "TF_CONFIG" in str(err.value)
 
 
+@pytest.mark.parametrize("cluster,task,index", [
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, 1),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "chief", "index": 0}, 0),
+    ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"type": "worker", "index": 0}, 1),
+])
+def test_worker_index_counts_the_chief_first(monkeypatch, cluster, task, index):
+    import types
+
+    import tensorflow as tf
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    strategy = types.SimpleNamespace(cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver())
+    assert distribute.worker_index(strategy) == index
+    assert distribute.is_chief(strategy) == (index == 0)  # exactly one process evaluates and exports
+    assert distribute.num_workers(strategy) == sum(len(v) for v in cluster.values())
+
+
 def _free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

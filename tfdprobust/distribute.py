@@ -109,9 +109,14 @@ def scope(strategy: Optional[tf.distribute.Strategy]):
 
 
 def worker_index(strategy: Optional[tf.distribute.Strategy]) -> int:
-    """This process's worker index (0 without a multi-worker cluster)."""
+    """This process's index among the cluster's workers, the chief (if any) first: 0
+    without a multi-worker cluster."""
     resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
-    return int(getattr(resolver, "task_id", 0) or 0) if resolver is not None and resolver.task_type else 0
+    if resolver is None or not resolver.task_type:
+        return 0
+    if resolver.task_type == "chief":
+        return 0
+    return len(resolver.cluster_spec().as_dict().get("chief", [])) + int(resolver.task_id or 0)
 
 
 def num_workers(strategy: Optional[tf.distribute.Strategy]) -> int:
