@@ -32,13 +32,65 @@ def _layers(model: str):
         return [("conv", (5, 5, 1, 20), 1, "VALID"), ("relu",), ("pool", 2, 2),
                 ("conv", (5, 5, 20, 50), 1, "VALID"), ("relu",), ("pool", 2, 2), ("flatten",),
                 ("dense", (800, 500)), ("relu",), ("dense", (500, 10))]
-    raise NotImplementedError("the JAX entries implement cnn and lenet; resnet20 is not written in JAX yet")
+    raise ValueError(f"no layer list for {model!r}")
+
+
+# ResNet-20 (tfdprobust.models.resnet20 with --norm=group): (in, out, stride) of the 9 blocks.
+_BLOCKS = [(16, 16, 1)] * 3 + [(16, 32, 2)] + [(32, 32, 1)] * 2 + [(32, 64, 2)] + [(64, 64, 1)] * 2
+
+
+def _resnet_init(key):
+    import jax
+    import jax.numpy as jnp
+
+    def conv(k, shape):
+        return {"w": _conv_init(k, shape)}
+
+    def norm(c):
+        return {"gamma": jnp.ones(c), "beta": jnp.zeros(c)}
+
+    keys = iter(jax.random.split(key, 2 * len(_BLOCKS) + 2))
+    params = {"stem": conv(next(keys), (3, 3, 1, 16)), "stem_norm": norm(16), "blocks": []}
+    for cin, cout, _ in _BLOCKS:
+        params["blocks"].append({"a": conv(next(keys), (3, 3, cin, cout)), "a_norm": norm(cout),
+                                 "b": conv(next(keys), (3, 3, cout, cout)), "b_norm": norm(cout)})
+    params["dense"] = {"w": jax.random.normal(next(keys), (64, 10)) * (2.0 / 64) ** 0.5, "b": jnp.zeros(10)}
+    return params
+
+
+def _resnet_forward(params, x):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def conv(p, h, stride):  # "SAME" as Keras', no bias (a normalization follows)
+        return lax.conv_general_dilated(h, p["w"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def group_norm(p, h, groups=4, eps=1e-3):  # per example: statistics over (H, W, C / groups)
+        n, height, width, c = h.shape
+        g = h.reshape(n, height, width, groups, c // groups)
+        mean = g.mean(axis=(1, 2, 4), keepdims=True)
+        var = g.var(axis=(1, 2, 4), keepdims=True)
+        return ((g - mean) / jnp.sqrt(var + eps)).reshape(h.shape) * p["gamma"] + p["beta"]
+
+    h = jax.nn.relu(group_norm(params["stem_norm"], conv(params["stem"], x, 1)))
+    for p, (cin, cout, stride) in zip(params["blocks"], _BLOCKS):
+        y = jax.nn.relu(group_norm(p["a_norm"], conv(p["a"], h, stride)))
+        y = group_norm(p["b_norm"], conv(p["b"], y, 1))
+        shortcut = h
+        if stride != 1 or cin != cout:  # option A: subsample, zero-pad the new channels
+            extra = cout - cin
+            shortcut = jnp.pad(h[:, ::stride, ::stride, :], ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        h = jax.nn.relu(y + shortcut)
+    return h.mean(axis=(1, 2)) @ params["dense"]["w"] + params["dense"]["b"]
 
 
 def _init(model: str, key):
     import jax
     import jax.numpy as jnp
 
+    if model == "resnet20":
+        return _resnet_init(key)
     params = []
     for layer in _layers(model):
         if layer[0] in ("conv", "dense"):
@@ -54,6 +106,8 @@ def _forward(model: str):
     import jax.numpy as jnp
     from jax import lax
 
+    if model == "resnet20":
+        return _resnet_forward
     layers = _layers(model)
 
     def forward(params, x):
@@ -85,7 +139,7 @@ def _setup(spec):
 
     x, y = common.batch(spec.batch_size)
     params = _init(spec.model, jax.random.PRNGKey(0))
-    count = sum(int(w.size + b.size) for w, b in params)
+    count = sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
     return jnp.asarray(x), jnp.asarray(y), params, count, _forward(spec.model)
 
 
