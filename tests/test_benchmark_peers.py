@@ -65,3 +65,16 @@ def test_bad_only_flag_is_one_line_and_exit_2():
                           capture_output=True, text=True, timeout=120, env=ENV)
     lines = [line for line in proc.stderr.strip().splitlines() if line]
     assert proc.returncode == 2 and len(lines) == 1 and "--only must look like" in lines[0], proc.stderr
+
+
+def test_combined_reports_keep_every_command(tmp_path):
+    for name, key in (("a", "ours_dp:cnn:8:clean"), ("b", "jax_dp:lenet:8:clean")):
+        runner.write([{"key": key, "error": "not run", "load_before": 1.0}], f"cmd {name}", name, str(tmp_path), name)
+    results, commands = runner.combine(["a", "b"], str(tmp_path))
+    assert commands == ["cmd a", "cmd b"] and [r["key"] for r in results] == ["ours_dp:cnn:8:clean",
+                                                                              "jax_dp:lenet:8:clean"]
+    runner.write(results, commands, "both", str(tmp_path), "both")
+    text = (tmp_path / "both.md").read_text()
+    assert "- `cmd a`" in text and "- `cmd b`" in text and "## lenet, B = 8, no attack" in text
+    with pytest.raises(UsageError, match="--combine"):
+        runner.combine(["missing"], str(tmp_path))

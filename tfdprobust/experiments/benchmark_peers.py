@@ -36,6 +36,8 @@ flags.DEFINE_float("timeout", 1800.0, "Seconds before a configuration's process 
 flags.DEFINE_string("out", "experiments/benchmarks", "Folder of <name>.md and <name>.json.")
 flags.DEFINE_string("name", "peers", "File name (without extension) of the report.")
 flags.DEFINE_string("label", "full grid", "What the run covers, printed in the report's title.")
+flags.DEFINE_list("combine", None, "Write <out>/<name>.md and .json from earlier reports <out>/<each>.json "
+                  "(with all their commands) instead of running anything.")
 flags.DEFINE_string("only", None, "Internal: measure one configuration (framework:model:batch:none|pgd), print JSON.")
 FLAGS = flags.FLAGS
 
@@ -66,6 +68,11 @@ def main(argv):
         return 0
     from tfdprobust.experiments.peers import runner
 
+    if FLAGS.combine:
+        results, commands = runner.combine(FLAGS.combine, FLAGS.out)
+        runner.write(results, commands, FLAGS.label, FLAGS.out, FLAGS.name)
+        print(runner.report(results, commands, FLAGS.label))
+        return 0
     require(set(FLAGS.attacks) <= {"none", "pgd"} and FLAGS.attacks,
             f"--attacks entries must be none or pgd, got {','.join(FLAGS.attacks)}")
     require(all(b.isdigit() for b in FLAGS.batch_sizes), f"--batch_sizes must be integers, got {FLAGS.batch_sizes}")

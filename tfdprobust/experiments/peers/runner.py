@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
+from tfdprobust.errors import require
 from tfdprobust.experiments import peers
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -73,8 +74,11 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
-def report(results: Sequence[Dict], command: str, label: str) -> str:
-    """Markdown: one table per (model, batch, attack) and the ratios the project tracks."""
+def report(results: Sequence[Dict], command, label: str) -> str:
+    """Markdown: one table per (model, batch, attack) and the ratios the project tracks.
+
+    ``command`` is the command that produced ``results``, or a list of them when the
+    results of several runs were combined (:func:`combine`)."""
     by_key = {r["key"]: r for r in results}
     groups = []
     for r in results:
@@ -83,7 +87,8 @@ def report(results: Sequence[Dict], command: str, label: str) -> str:
             groups.append((model, batch, attack))
     loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
     lines = [f"# Peer benchmark: {label}", "",
-             f"Command: `{command}`", "",
+             *([f"Command: `{command}`"] if isinstance(command, str) else
+               ["Commands (their results are combined below):", *[f"- `{c}`" for c in command]]), "",
              f"Load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f} on 2 cores shared with "
              "other jobs." if loads else "", "",
              "Every configuration ran in its own process with one thread. *examples/CPU-s* divides the examples "
@@ -152,7 +157,20 @@ def _headline(by_key: Dict, model: str, batch: str, attack: str) -> List[str]:
     return out
 
 
-def write(results: Sequence[Dict], command: str, label: str, folder: str, name: str) -> None:
+def combine(names: Sequence[str], folder: str) -> Tuple[List[Dict], List[str]]:
+    """The results and commands of the reports ``<folder>/<name>.json`` for each name."""
+    results, commands = [], []
+    for name in names:
+        path = os.path.join(folder, f"{name}.json")
+        require(os.path.exists(path), f"--combine: {path} does not exist; run the benchmark with --name={name} first")
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        commands += payload["command"] if isinstance(payload["command"], list) else [payload["command"]]
+        results += payload["results"]
+    return results, commands
+
+
+def write(results: Sequence[Dict], command, label: str, folder: str, name: str) -> None:
     """``<folder>/<name>.md`` and ``.json``, each written to a temporary file and renamed."""
     from tfdprobust.export import write_json_atomic
 
