@@ -36,6 +36,7 @@ flags.DEFINE_float("timeout", 1800.0, "Seconds before a configuration's process 
 flags.DEFINE_string("out", "experiments/benchmarks", "Folder of <name>.md and <name>.json.")
 flags.DEFINE_string("name", "peers", "File name (without extension) of the report.")
 flags.DEFINE_string("label", "full grid", "What the run covers, printed in the report's title.")
+flags.DEFINE_string("note", "", "A paragraph printed under the report's title (e.g. what a reduced grid left out).")
 flags.DEFINE_list("combine", None, "Write <out>/<name>.md and .json from earlier reports <out>/<each>.json "
                   "(with all their commands) instead of running anything.")
 flags.DEFINE_string("only", None, "Internal: measure one configuration (framework:model:batch:none|pgd), print JSON.")
@@ -45,11 +46,11 @@ FLAGS = flags.FLAGS
 def _command() -> str:
     parts = ["python -m tfdprobust.experiments.benchmark_peers"]
     for name in ("frameworks", "models", "batch_sizes", "attacks", "seconds", "min_steps", "max_steps", "name",
-                 "label"):
+                 "label", "note"):
         if FLAGS[name].present:
             value = FLAGS[name].value
             value = ",".join(map(str, value)) if isinstance(value, list) else value
-            parts.append(f"--{name}={value!r}" if name == "label" else f"--{name}={value}")
+            parts.append(f"--{name}={value!r}" if name in ("label", "note") else f"--{name}={value}")
     return " ".join(parts)
 
 
@@ -70,8 +71,8 @@ def main(argv):
 
     if FLAGS.combine:
         results, commands = runner.combine(FLAGS.combine, FLAGS.out)
-        runner.write(results, commands, FLAGS.label, FLAGS.out, FLAGS.name)
-        print(runner.report(results, commands, FLAGS.label))
+        runner.write(results, commands, FLAGS.label, FLAGS.out, FLAGS.name, FLAGS.note)
+        print(runner.report(results, commands, FLAGS.label, FLAGS.note))
         return 0
     require(set(FLAGS.attacks) <= {"none", "pgd"} and FLAGS.attacks,
             f"--attacks entries must be none or pgd, got {','.join(FLAGS.attacks)}")
@@ -81,8 +82,8 @@ def main(argv):
                         ["clean" if a == "none" else "pgd" for a in FLAGS.attacks], **timing)
     command = _command()
     results = runner.run_grid(specs, FLAGS.timeout, on_result=lambda results: runner.write(
-        results, command, FLAGS.label, FLAGS.out, FLAGS.name))
-    print(runner.report(results, command, FLAGS.label))
+        results, command, FLAGS.label, FLAGS.out, FLAGS.name, FLAGS.note))
+    print(runner.report(results, command, FLAGS.label, FLAGS.note))
     return 0
 
 

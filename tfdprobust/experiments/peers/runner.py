@@ -74,7 +74,7 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "n/a"
 
 
-def report(results: Sequence[Dict], command, label: str) -> str:
+def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     """Markdown: one table per (model, batch, attack) and the ratios the project tracks.
 
     ``command`` is the command that produced ``results``, or a list of them when the
@@ -86,7 +86,7 @@ def report(results: Sequence[Dict], command, label: str) -> str:
         if (model, batch, attack) not in groups:
             groups.append((model, batch, attack))
     loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
-    lines = [f"# Peer benchmark: {label}", "",
+    lines = [f"# Peer benchmark: {label}", "", *([note, ""] if note else []),
              *([f"Command: `{command}`"] if isinstance(command, str) else
                ["Commands (their results are combined below):", *[f"- `{c}`" for c in command]]), "",
              f"Load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f} on 2 cores shared with "
@@ -96,7 +96,10 @@ def report(results: Sequence[Dict], command, label: str) -> str:
              "*examples/s* is the same over wall time, which drifts with the load. *extra MB* is the peak RSS "
              "minus the RSS before the first step (framework, data and model loaded), so it includes tracing "
              "and compilation. The ratio column compares each DP entry with the non-private step of its own "
-             "framework (ours and tensorflow-privacy: our train step with DP off).", ""]
+             "framework (ours and tensorflow-privacy: our train step with DP off). With PGD-10, ours, "
+             "tfp_dpkeras and jax_dp clip one gradient per example (clean and adversarial rows combined); "
+             "Opacus and DPSequential cannot, and clip the 2B rows separately (the same computation, not the "
+             "same privacy). The *path* column says what each entry actually ran.", ""]
     lines += parameter_check(results) + [""]
     for model, batch, attack in groups:
         lines += [f"## {model}, B = {batch}, {'PGD-10 adversarial training' if attack == 'pgd' else 'no attack'}", "",
@@ -170,14 +173,14 @@ def combine(names: Sequence[str], folder: str) -> Tuple[List[Dict], List[str]]:
     return results, commands
 
 
-def write(results: Sequence[Dict], command, label: str, folder: str, name: str) -> None:
+def write(results: Sequence[Dict], command, label: str, folder: str, name: str, note: str = "") -> None:
     """``<folder>/<name>.md`` and ``.json``, each written to a temporary file and renamed."""
     from tfdprobust.export import write_json_atomic
 
     os.makedirs(folder, exist_ok=True)
     write_json_atomic(os.path.join(folder, f"{name}.json"),
-                      {"command": command, "label": label, "results": list(results)})
+                      {"command": command, "label": label, "note": note, "results": list(results)})
     tmp = os.path.join(folder, f".{name}.md.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(report(results, command, label))
+        f.write(report(results, command, label, note))
     os.replace(tmp, os.path.join(folder, f"{name}.md"))
