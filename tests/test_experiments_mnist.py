@@ -129,6 +129,9 @@ def run_main(monkeypatch, capsys, tmp_path):
     (["--attack=none", "--adv_weight=0.7"], "--adv_weight"),
     (["--norm=none", "--public_from_private"], "--public_from_private"),
     (["--run_name=taken"], "already exists"),
+    (["--strategy=tpu"], "--strategy"),
+    (["--strategy=mirrored", "--sampling=shuffle"], "--sampling=poisson"),
+    (["--strategy=multi_worker"], "TF_CONFIG"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(run_main, tmp_path, argv, needle):
     if "--run_name=taken" in argv:

@@ -10,6 +10,7 @@ The package is flat; each module names one concept:
 * ``randomness``    secret (OS-entropy) generators for the noise and the batch sampling
 * ``sampling``      batch samplers (Poisson, shuffle) that also state their DpEvent
 * ``train_step``    the Keras model whose ``train_step`` does PGD + DP-SGD
+* ``distribute``    DP data-parallel training on tf.distribute (mirrored devices, multiple workers)
 * ``accounting``    RDP/PLD accounting through dp_accounting (epsilon, noise calibration)
 * ``export``        atomic SavedModel export with metadata
 * ``evaluate``      robustness evaluation of exported models

@@ -49,10 +49,13 @@ class PublicBatchNormalization(tf.keras.layers.Layer):
         channels = int(input_shape[-1])
         self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        # Every replica of a tf.distribute strategy computes the same statistics from the same
+        # public batch, so the first replica's assignment stands for all (mirrored copies agree).
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         self.public_mean = self.add_weight(
-            name="public_mean", shape=(channels,), initializer="zeros", trainable=False)
+            name="public_mean", shape=(channels,), initializer="zeros", trainable=False, aggregation=first)
         self.public_variance = self.add_weight(
-            name="public_variance", shape=(channels,), initializer="ones", trainable=False)
+            name="public_variance", shape=(channels,), initializer="ones", trainable=False, aggregation=first)
         super().build(input_shape)
 
     def call(self, inputs):

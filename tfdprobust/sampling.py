@@ -109,10 +109,22 @@ class PoissonSampler(BatchSampler):
         return self.batch_size / self.num_examples
 
     def dataset(self, x, y, generator):
+        require(len(x) == self.num_examples, f"the sampler was made for N={self.num_examples} examples, got {len(x)}")
+        return self._masked(x, y, generator)
+
+    def shard_dataset(self, x, y, generator, index: int, count: int):
+        """The batches of shard ``index`` of ``count``: examples ``index, index + count, ...``,
+        each joining with the *global* rate q. The ``count`` shards' batches of one step
+        together are one Poisson sample of all N examples, if each shard's generator is
+        its own (:mod:`tfdprobust.distribute` gives one shard to each replica)."""
+        require(len(x) == self.num_examples, f"the sampler was made for N={self.num_examples} examples, got {len(x)}")
+        require(0 <= index < count, f"shard index {index} is not in [0, {count})")
+        return self._masked(x[index::count], y[index::count], generator)
+
+    def _masked(self, x, y, generator):
         import tensorflow as tf
 
-        n, q = self.num_examples, self.sampling_probability
-        require(len(x) == n, f"the sampler was made for N={n} examples, got {len(x)}")
+        n, q = len(x), self.sampling_probability
 
         def select(images, labels):
             # float64 uniforms: P(u < q) = q up to 2**-53, so the accounted q is the real one.

@@ -39,7 +39,7 @@ from typing import List, Optional, Tuple
 import tensorflow as tf
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
-from tfdprobust import accounting, attacks, clipping, diagnostics, optimizers, per_example, randomness
+from tfdprobust import accounting, attacks, clipping, diagnostics, distribute, optimizers, per_example, randomness
 from tfdprobust.errors import UsageError, require
 from tfdprobust.normalization import has_public_normalization, update_public_statistics
 from tfdprobust.registry import Registry
@@ -188,6 +188,10 @@ class PrivateRobustModel(tf.keras.Model):
         config: :class:`TrainConfig`.
         public_images: the public normalization batch, required iff ``net`` has
             :class:`~tfdprobust.normalization.PublicBatchNormalization` layers.
+        noise_generator: the secret noise generator; ``None`` makes one
+            (:func:`tfdprobust.randomness.noise_generator`). Under ``tf.distribute``,
+            :func:`tfdprobust.distribute.noise_generator` makes it outside the strategy's
+            scope, so every worker seeds its own.
 
     Example:
         >>> import numpy as np
@@ -202,12 +206,14 @@ class PrivateRobustModel(tf.keras.Model):
         ['acc', 'adv_acc', 'clip_bound', 'dropped', 'loss']
     """
 
-    def __init__(self, net: tf.keras.Sequential, config: TrainConfig, public_images=None, **kwargs):
+    def __init__(self, net: tf.keras.Sequential, config: TrainConfig, public_images=None,
+                 noise_generator: Optional[tf.random.Generator] = None, **kwargs):
         super().__init__(**kwargs)
         if config.dp.enabled:
             per_example.validate_network(net)
             # Secret (OS-entropy) noise unless the insecure flag replays it; never saved.
-            self.noise_generator = randomness.noise_generator(config.dp.insecure_noise_seed)
+            self.noise_generator = (noise_generator if noise_generator is not None
+                                    else randomness.noise_generator(config.dp.insecure_noise_seed))
         # The clipping bound C as a variable: constant, except under adaptive clipping where
         # quantile_update moves it from noised counts (post-processing, covered by epsilon).
         self.clip_bound = tf.Variable(float(config.dp.l2_clip), trainable=False, name="clip_bound")
@@ -310,7 +316,11 @@ class PrivateRobustModel(tf.keras.Model):
         bound = self.clip_bound.read_value()
         clipped, norms = clipping.clip(grads, bound, dp.clipping, dp.auto_gamma)
         summed = [tf.reduce_sum(g, axis=0) for g in clipped]
-        noised = clipping.add_gaussian_noise(summed, dp.noise_multiplier, bound, self.noise_generator)
+        # Under tf.distribute each of the R replicas adds independent noise of std sigma C / sqrt(R)
+        # to its own clipped sum, and the noisy sums are all-reduced: total noise std sigma C, once.
+        # Without a strategy both are no-ops (share 1, sum over one replica).
+        noised = distribute.sum_over_replicas(clipping.add_gaussian_noise(
+            summed, dp.noise_multiplier * distribute.noise_share(), bound, self.noise_generator))
         noisy = [g / tf.cast(self.config.expected_batch_size, g.dtype) for g in noised]
         self.dropped.update_state(tf.cast(clipping.dropped_count(norms), tf.float32))
         diag = diagnostics.clipping_diagnostics(grads, summed, norms, bound, dp.noise_multiplier)
@@ -330,12 +340,13 @@ class PrivateRobustModel(tf.keras.Model):
         dp = self.config.dp
         if dp.enabled and dp.path == "vectorized":
             grads, logits, diag = self.private_step(x, x_adv, y)
-            self.optimizer.apply_gradients(zip(grads, variables))
+            distribute.apply_summed(self.optimizer, zip(grads, variables))  # already summed over replicas
         else:
             with tf.GradientTape() as tape:
                 losses, logits = self.example_losses(x, x_adv, y)
                 # tensorflow-privacy's optimizers take the *vector* of per-example losses.
-                objective = losses if dp.enabled else tf.reduce_mean(losses)
+                # Without DP: the mean over the global batch (across replicas under tf.distribute).
+                objective = losses if dp.enabled else distribute.global_mean(losses)
             self.optimizer.minimize(objective, variables, tape=tape)
         self._update_metrics(x, y, logits)
         logs = {m.name: m.result() for m in self.metrics}

@@ -24,8 +24,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from tfdprobust import (accounting, attacks, data, diagnostics, export, models, randomness, resources, sampling,
-                        train_step)
+from tfdprobust import (accounting, attacks, data, diagnostics, distribute, export, models, randomness, resources,
+                        sampling, train_step)
 from tfdprobust.data import DataConfig
 from tfdprobust.errors import require
 from tfdprobust.models import ModelConfig
@@ -64,6 +64,9 @@ class RunConfig:
         verbose: Keras verbosity (1 = progress bars).
         tensorboard_dir: parent folder of the per-step TensorBoard logs of the clipping
             diagnostics (``<tensorboard_dir>/<run name>``); ``None``: no TensorBoard logs.
+        strategy: a :data:`tfdprobust.distribute.STRATEGIES` name: ``none`` (one device),
+            ``mirrored`` (local devices) or ``multi_worker`` (processes given by ``TF_CONFIG``).
+            ``batch_size`` stays the *global* expected batch, the one epsilon accounts for.
     """
 
     data: DataConfig = DataConfig()
@@ -85,6 +88,7 @@ class RunConfig:
     insecure_reproducible_noise: bool = False
     verbose: int = 1
     tensorboard_dir: Optional[str] = None
+    strategy: str = "none"
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -109,6 +113,15 @@ class RunConfig:
         require(not (dp.enabled and dp.path == "tf_privacy" and self.sampling == "poisson"),
                 "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
                 "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
+        require(self.strategy in distribute.STRATEGIES, f"--strategy must be one of "
+                f"{', '.join(distribute.STRATEGIES.names())}, got {self.strategy!r}")
+        if self.strategy != "none":
+            require(not (dp.enabled and dp.path == "tf_privacy"),
+                    f"--strategy={self.strategy} needs --dp_path=vectorized (it all-reduces the clipped sums)")
+            require(self.sampling == "poisson", f"--strategy={self.strategy} needs --sampling=poisson (each replica "
+                    "Poisson-samples its own shard of the data); drop --sampling=shuffle")
+            require(not dp.adaptive, f"--strategy={self.strategy} does not support --clipping=adaptive yet (its "
+                    "count release is not all-reduced); use --clipping=flat, per_layer or automatic")
         require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
                 "train.dp.insecure_noise_seed must be set exactly when insecure_reproducible_noise is "
                 "(use RunConfig.make)")
@@ -146,14 +159,23 @@ def resolve_noise(cfg: RunConfig, num_examples: int) -> RunConfig:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, dp=dp))
 
 
-def build_trainer(cfg: RunConfig, public: Optional[data.ImageData],
-                  input_shape=None) -> train_step.PrivateRobustModel:
-    """A compiled :class:`PrivateRobustModel` for ``cfg`` (fresh weights from ``cfg.seed``)."""
+def build_trainer(cfg: RunConfig, public: Optional[data.ImageData], input_shape=None,
+                  strategy: Optional[tf.distribute.Strategy] = None) -> train_step.PrivateRobustModel:
+    """A compiled :class:`PrivateRobustModel` for ``cfg`` (fresh weights from ``cfg.seed``),
+    built in ``strategy``'s scope when there is one."""
     model_cfg = cfg.model if input_shape is None else dataclasses.replace(cfg.model, input_shape=input_shape)
-    net = models.build_model(model_cfg, seed=cfg.seed)
     public_images = public.x if public is not None and cfg.model.norm == "public_bn" else None
-    trainer = train_step.PrivateRobustModel(net, cfg.train, public_images)
-    trainer.compile()
+    noise = None
+    if strategy is not None and cfg.train.dp.enabled:
+        noise = distribute.noise_generator(strategy, cfg.train.dp.insecure_noise_seed)  # outside the scope
+    with distribute.scope(strategy):
+        net = models.build_model(model_cfg, seed=cfg.seed)
+        trainer = train_step.PrivateRobustModel(net, cfg.train, public_images, noise_generator=noise)
+        trainer.compile()
+    if strategy is not None:
+        # Keras would sum the replicas' step logs; the metrics are local means and the clipping
+        # diagnostics local statistics, so the live logs show the first local replica's instead.
+        trainer.distribute_reduction_method = "first"
     return trainer
 
 
@@ -264,13 +286,19 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
             accountant must compose the steps that actually ran).
         UsageError: if training diverges (see :class:`~tfdprobust.train_step.DivergenceGuard`).
     """
+    strategy = distribute.make_strategy(cfg.strategy)
     tf.keras.utils.set_random_seed(cfg.seed)
-    trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:])
+    trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:], strategy=strategy)
     randomness.reseed_global(cfg.insecure_seed)
     sampler = sampling.make_sampler(cfg.sampling, len(private), cfg.batch_size)
-    # A generator of its own (split off), so sampling and noise never share a stream.
-    generator = randomness.noise_generator(cfg.insecure_seed).split(1)[0]
-    dataset = sampler.dataset(private.x, private.y, generator)
+    if strategy is None:
+        # A generator of its own (split off), so sampling and noise never share a stream.
+        generator = randomness.noise_generator(cfg.insecure_seed).split(1)[0]
+        dataset = sampler.dataset(private.x, private.y, generator)
+    else:  # each replica Poisson-samples its own shard with the global rate q = B / N
+        dataset = distribute.poisson_dataset(strategy, sampler, private.x, private.y, cfg.insecure_seed)
+        log(f"tf.distribute: {cfg.strategy} strategy, {strategy.num_replicas_in_sync} replica(s) on "
+            f"{distribute.num_workers(strategy)} worker(s); this is worker {distribute.worker_index(strategy)}")
     dp = cfg.train.dp
     log(f"training {cfg.model.name} ({cfg.model.norm}) on {len(private)} private examples: {cfg.epochs} "
         f"epoch(s) x {sampler.steps_per_epoch} steps, {cfg.sampling} batches of {cfg.batch_size}, "
@@ -305,6 +333,11 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     hold no statistic of the private training batches (loss and accuracy on them are shown
     live in the progress bar only: epsilon does not cover them).
     """
+    # MultiWorkerMirroredStrategy must configure TensorFlow before the first op runs.
+    strategy = distribute.make_strategy(cfg.strategy)
+    if not distribute.is_chief(strategy):
+        # Other workers train their replicas; the chief alone evaluates, exports and writes.
+        cfg = dataclasses.replace(cfg, export_dir=None, eval_attack=None, tensorboard_dir=None)
     # Fail on a taken or unwritable destination now, not after training.
     name = cfg.run_name or default_run_name(cfg)
     if cfg.export_dir is not None:
@@ -324,8 +357,9 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     log_dir = os.path.join(cfg.tensorboard_dir, name) if cfg.tensorboard_dir else None
     trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
-    metrics = evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
-                           preset=cfg.eval_preset, examples=cfg.eval_examples)
+    metrics = (evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
+                            preset=cfg.eval_preset, examples=cfg.eval_examples)
+               if distribute.is_chief(strategy) else {})
     final_spec = spec.replace(steps=steps) if dp.enabled else None
     private = dp.enabled and not cfg.insecure_reproducible_noise
 
@@ -364,6 +398,10 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "adv_weight": cfg.train.adv_weight if cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(cfg.eval_attack) if cfg.eval_attack else None,
         "seed": cfg.seed,
+        "strategy": cfg.strategy,
+        "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
+        "workers": distribute.num_workers(strategy),
+        "worker_index": distribute.worker_index(strategy),
         "versions": package_versions(),
         **metrics,
     }
@@ -410,9 +448,12 @@ def _fmt(value) -> str:
 
 def summary(result: Dict[str, Any]) -> str:
     """The short human-readable summary the CLI prints."""
-    lines = [
-        f"clean test accuracy : {result['clean_accuracy']:.4f}  ({result['num_test_examples']} test images)",
-    ]
+    lines = []
+    if "clean_accuracy" in result:
+        lines.append(f"clean test accuracy : {result['clean_accuracy']:.4f}  ({result['num_test_examples']} test images)")
+    else:  # a worker of a multi-worker run other than the chief
+        lines.append(f"worker {result['worker_index']} of {result['workers']}: trained its replicas; the chief "
+                     "(worker 0) evaluates and exports")
     if "robust_accuracy" in result:
         atk = result["eval_attack"]
         lo, hi = result["robust_ci95"]

@@ -86,6 +86,9 @@ flags.DEFINE_integer("seed", 0, "Seed of initialization, data splits and attack 
 flags.DEFINE_boolean("insecure_reproducible_noise", False, "Replay DP noise and batch sampling from --seed. "
                      "INSECURE: the run then has no DP guarantee, and its output and metadata say so.")
 flags.DEFINE_integer("verbose", 1, "1 = progress bars, 0 = quiet.")
+flags.DEFINE_string("strategy", "none", "Data-parallel DP training on tf.distribute: none (one device), mirrored (all "
+                    "local GPUs or logical CPU devices) or multi_worker (one process per worker, cluster in TF_CONFIG); "
+                    "--batch_size is the global expected batch.")
 flags.DEFINE_string("tensorboard_dir", None, "Write per-step clipping diagnostics (private: not covered by epsilon) "
                     "to <tensorboard_dir>/<run name> for TensorBoard.")
 
@@ -202,7 +205,8 @@ def config_from_flags():
         insecure_reproducible_noise=FLAGS.insecure_reproducible_noise,
         target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, eval_preset=FLAGS.eval_preset,
         eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
-        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir)
+        run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir,
+        strategy=FLAGS.strategy)
 
 
 def main(argv):

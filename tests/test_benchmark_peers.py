@@ -1,0 +1,80 @@
+"""The peer benchmark's own machinery: configurations, one real measurement, the report.
+
+The peers themselves (PyTorch, Opacus, JAX) are the optional ``bench`` extra, so these
+tests only run the TensorFlow entries; the recorded run checks the peers' parameter counts.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tfdprobust.errors import UsageError
+from tfdprobust.experiments import peers
+from tfdprobust.experiments.peers import runner
+
+ENV = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("pytorch", "cnn", 250, False), "unknown framework 'pytorch'"),
+    (("jax_dp", "vgg", 250, False), "--models"),
+    (("keras_fit", "cnn", 250, True), "no PGD variant"),
+    (("ours_dp", "cnn", 0, False), "--batch_sizes"),
+])
+def test_bad_configurations_name_the_problem(args, needle):
+    with pytest.raises(UsageError, match=needle):
+        peers.Spec(*args)
+
+
+def test_grid_runs_each_group_together_and_keras_fit_only_clean():
+    specs = runner.grid(["keras_fit", "ours_dp"], ["cnn", "lenet"], [64, 250], ["clean", "pgd"])
+    keys = [s.key for s in specs]
+    assert keys[:3] == ["keras_fit:cnn:64:clean", "ours_dp:cnn:64:clean", "ours_dp:cnn:64:pgd"]
+    assert len(keys) == 2 * 2 * 3 and "keras_fit:cnn:64:pgd" not in keys
+    assert peers.Spec.parse("ours_dp:lenet:250:pgd") == peers.Spec("ours_dp", "lenet", 250, True)
+
+
+def test_a_measured_configuration_lands_in_the_report():
+    from tfdprobust import models
+
+    spec = peers.Spec("keras_fit", "cnn", 8, False, seconds=1e-3, min_steps=2, max_steps=2)
+    result = peers.measure(spec)
+    assert result["steps"] == 2 and result["cpu_seconds"] > 0
+    assert result["examples_per_cpu_second"] == pytest.approx(16 / result["cpu_seconds"])
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0
+    net = models.build_model(models.ModelConfig(norm="none"))
+    assert result["parameters"] == sum(int(v.shape.num_elements()) for v in net.trainable_variables)
+    failed = {"key": "opacus_ghost:cnn:8:clean", "error": "ModuleNotFoundError: No module named 'opacus'",
+              "load_before": 1.0}
+    text = runner.report([{**result, "load_before": 1.0, "load_after": 1.0}, failed], "cmd", "test")
+    assert f"| keras_fit | {result['examples_per_cpu_second']:,.1f} |" in text
+    assert "| opacus_ghost | failed |" in text and "No module named 'opacus'" in text
+    assert f"- cnn: {result['parameters']:,} trainable parameters in all 1 entries that ran" in text
+
+
+def test_different_parameter_counts_are_flagged():
+    rows = [{"model": "cnn", "framework": "ours_dp", "parameters": 10},
+            {"model": "cnn", "framework": "jax_dp", "parameters": 11}]
+    assert "PARAMETER COUNTS DIFFER" in runner.parameter_check(rows)[0]
+
+
+def test_bad_only_flag_is_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "tfdprobust.experiments.benchmark_peers", "--only=ours_dp:cnn"],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+    lines = [line for line in proc.stderr.strip().splitlines() if line]
+    assert proc.returncode == 2 and len(lines) == 1 and "--only must look like" in lines[0], proc.stderr
+
+
+def test_combined_reports_keep_every_command(tmp_path):
+    for name, key in (("a", "ours_dp:cnn:8:clean"), ("b", "jax_dp:lenet:8:clean")):
+        runner.write([{"key": key, "error": "not run", "load_before": 1.0}], f"cmd {name}", name, str(tmp_path), name)
+    results, commands = runner.combine(["a", "b"], str(tmp_path))
+    assert commands == ["cmd a", "cmd b"] and [r["key"] for r in results] == ["ours_dp:cnn:8:clean",
+                                                                              "jax_dp:lenet:8:clean"]
+    runner.write(results, commands, "both", str(tmp_path), "both")
+    text = (tmp_path / "both.md").read_text()
+    assert "- `cmd a`" in text and "- `cmd b`" in text and "## lenet, B = 8, no attack" in text
+    with pytest.raises(UsageError, match="--combine"):
+        runner.combine(["missing"], str(tmp_path))

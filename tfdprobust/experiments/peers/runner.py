@@ -1,0 +1,186 @@
+"""Runs the grid, one process per configuration, and writes the side-by-side table.
+
+Every configuration gets a fresh interpreter with one thread for every framework
+(``OMP_NUM_THREADS``, TensorFlow's, PyTorch's and XLA's thread settings), so its CPU
+time, its peak RSS and its compilation are its own. The machine is shared, so the load
+average is recorded next to every run and examples per CPU-second is the headline figure
+(wall time is reported too, and drifts with the load).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+from tfdprobust.errors import require
+from tfdprobust.experiments import peers
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+              "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+              "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def grid(frameworks: Sequence[str], models: Sequence[str], batch_sizes: Sequence[int], attacks: Sequence[str],
+         **timing) -> List[peers.Spec]:
+    """Every valid configuration, grouped by (model, batch, attack) so each group runs together."""
+    specs = []
+    for model in models:
+        for batch in batch_sizes:
+            for attack in attacks:
+                for framework in frameworks:
+                    if attack == "pgd" and framework in peers.CLEAN_ONLY:
+                        continue
+                    specs.append(peers.Spec(framework, model, batch, attack == "pgd", **timing))
+    return specs
+
+
+def run_one(spec: peers.Spec, timeout: float) -> Dict:
+    """Measures ``spec`` in a fresh one-thread process; failures are recorded, not raised."""
+    env = {**os.environ, **ONE_THREAD}
+    cmd = [sys.executable, "-m", "tfdprobust.experiments.benchmark_peers", f"--only={spec.key}",
+           f"--seconds={spec.seconds}", f"--min_steps={spec.min_steps}", f"--max_steps={spec.max_steps}"]
+    load_before = os.getloadavg()[0]
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"key": spec.key, "error": f"timed out after {timeout:.0f} s", "load_before": load_before}
+    out = {"key": spec.key, "load_before": load_before, "load_after": os.getloadavg()[0],
+           "process_seconds": time.time() - start}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return {**out, "error": tail[-1][:300] if tail else f"exit status {proc.returncode}"}
+    return {**json.loads(lines[-1]), **out}
+
+
+def run_grid(specs: Sequence[peers.Spec], timeout: float, log: Callable[[str], None] = print,
+             on_result: Callable[[List[Dict]], None] = lambda results: None) -> List[Dict]:
+    results = []
+    for i, spec in enumerate(specs):
+        log(f"[{i + 1}/{len(specs)}] {spec.key} ...")
+        results.append(run_one(spec, timeout))
+        r = results[-1]
+        log(f"    {r['error']}" if "error" in r else
+            f"    {r['examples_per_cpu_second']:,.1f} examples/CPU-s, {r['examples_per_second']:,.1f} examples/s, "
+            f"+{r['extra_memory_mb']:,.0f} MB, load {r['load_before']:.1f}")
+        on_result(results)
+    return results
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
+    """Markdown: one table per (model, batch, attack) and the ratios the project tracks.
+
+    ``command`` is the command that produced ``results``, or a list of them when the
+    results of several runs were combined (:func:`combine`)."""
+    by_key = {r["key"]: r for r in results}
+    groups = []
+    for r in results:
+        model, batch, attack = r["key"].split(":")[1:]
+        if (model, batch, attack) not in groups:
+            groups.append((model, batch, attack))
+    loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
+    lines = [f"# Peer benchmark: {label}", "", *([note, ""] if note else []),
+             *([f"Command: `{command}`"] if isinstance(command, str) else
+               ["Commands (their results are combined below):", *[f"- `{c}`" for c in command]]), "",
+             f"Load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f} on 2 cores shared with "
+             "other jobs." if loads else "", "",
+             "Every configuration ran in its own process with one thread. *examples/CPU-s* divides the examples "
+             "trained by the process's CPU time (all threads) over the timed steps, after 2 warm-up steps; "
+             "*examples/s* is the same over wall time, which drifts with the load. *extra MB* is the peak RSS "
+             "minus the RSS before the first step (framework, data and model loaded), so it includes tracing "
+             "and compilation. The ratio column compares each DP entry with the non-private step of its own "
+             "framework (ours and tensorflow-privacy: our train step with DP off). With PGD-10, ours, "
+             "tfp_dpkeras and jax_dp clip one gradient per example (clean and adversarial rows combined); "
+             "Opacus and DPSequential cannot, and clip the 2B rows separately (the same computation, not the "
+             "same privacy). The *path* column says what each entry actually ran.", ""]
+    lines += parameter_check(results) + [""]
+    for model, batch, attack in groups:
+        lines += [f"## {model}, B = {batch}, {'PGD-10 adversarial training' if attack == 'pgd' else 'no attack'}", "",
+                  "| entry | examples/CPU-s | vs own non-DP | examples/s (wall) | extra MB | peak MB | params | steps | "
+                  "load | path |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for framework in peers.FRAMEWORKS.names():
+            r = by_key.get(f"{framework}:{model}:{batch}:{attack}")
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {framework} | failed | | | | | | | {r['load_before']:.1f} | {r['error']} |")
+                continue
+            base = by_key.get(f"{peers.DP_BASELINE.get(framework, '')}:{model}:{batch}:{attack}", {})
+            lines.append(
+                f"| {framework} | {r['examples_per_cpu_second']:,.1f} | "
+                f"{_ratio(r['examples_per_cpu_second'], base.get('examples_per_cpu_second')) if base else ''} | "
+                f"{r['examples_per_second']:,.1f} | {r['extra_memory_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['parameters']:,} | "
+                f"{r['steps']} | "
+                f"{r['load_before']:.1f} | {r['path']} |")
+        lines += [""] + _headline(by_key, model, batch, attack) + [""]
+    return "\n".join(lines) + "\n"
+
+
+def parameter_check(results: Sequence[Dict]) -> List[str]:
+    """One line per network: the trainable parameter count of every entry that ran (the
+    frameworks must build the same architecture), or the mismatch."""
+    counts: Dict[str, Dict[int, List[str]]] = {}
+    for r in results:
+        if "parameters" in r:
+            counts.setdefault(r["model"], {}).setdefault(r["parameters"], []).append(r["framework"])
+    lines = []
+    for model, by_count in counts.items():
+        if len(by_count) == 1:
+            (count, names), = by_count.items()
+            lines.append(f"- {model}: {count:,} trainable parameters in all {len(set(names))} entries that ran")
+        else:
+            lines.append(f"- {model}: PARAMETER COUNTS DIFFER: " + "; ".join(
+                f"{count:,} ({', '.join(sorted(set(names)))})" for count, names in by_count.items()))
+    return lines
+
+
+def _headline(by_key: Dict, model: str, batch: str, attack: str) -> List[str]:
+    def get(framework, field="examples_per_cpu_second"):
+        r = by_key.get(f"{framework}:{model}:{batch}:{attack}", {})
+        return r.get(field)
+
+    ours = get("ours_dp")
+    opacus = [v for v in (get("opacus_hooks"), get("opacus_ghost")) if v]
+    out = [f"- ours DP vs our non-DP step: {_ratio(ours, get('ours_nondp'))}",
+           f"- ours DP vs Opacus' best DP mode: {_ratio(ours, max(opacus) if opacus else None)}",
+           f"- ours DP vs JAX vmap DP-SGD: {_ratio(ours, get('jax_dp'))}",
+           f"- ours DP vs tensorflow-privacy DPSequential: {_ratio(ours, get('tfp_dpsequential'))}; "
+           f"vs DPKerasSGDOptimizer: {_ratio(ours, get('tfp_dpkeras'))}",
+           f"- extra memory, ours DP vs our non-DP step: {get('ours_dp', 'extra_memory_mb') or 0:,.0f} vs "
+           f"{get('ours_nondp', 'extra_memory_mb') or 0:,.0f} MB"]
+    if attack == "clean" and get("keras_fit"):
+        out.append(f"- ours DP vs plain Keras fit (non-DP): {_ratio(ours, get('keras_fit'))}")
+    return out
+
+
+def combine(names: Sequence[str], folder: str) -> Tuple[List[Dict], List[str]]:
+    """The results and commands of the reports ``<folder>/<name>.json`` for each name."""
+    results, commands = [], []
+    for name in names:
+        path = os.path.join(folder, f"{name}.json")
+        require(os.path.exists(path), f"--combine: {path} does not exist; run the benchmark with --name={name} first")
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        commands += payload["command"] if isinstance(payload["command"], list) else [payload["command"]]
+        results += payload["results"]
+    return results, commands
+
+
+def write(results: Sequence[Dict], command, label: str, folder: str, name: str, note: str = "") -> None:
+    """``<folder>/<name>.md`` and ``.json``, each written to a temporary file and renamed."""
+    from tfdprobust.export import write_json_atomic
+
+    os.makedirs(folder, exist_ok=True)
+    write_json_atomic(os.path.join(folder, f"{name}.json"),
+                      {"command": command, "label": label, "note": note, "results": list(results)})
+    tmp = os.path.join(folder, f".{name}.md.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(report(results, command, label, note))
+    os.replace(tmp, os.path.join(folder, f"{name}.md"))
