@@ -33,7 +33,6 @@ import math
 from typing import Dict, Tuple
 
 import numpy as np
-from scipy import stats
 
 
 def clopper_pearson(k, n, alpha: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -48,6 +47,8 @@ def clopper_pearson(k, n, alpha: float) -> Tuple[np.ndarray, np.ndarray]:
         alpha: one-sided error probability of *each* bound, in (0, 1).
     """
     k = np.asarray(k, dtype=np.float64)
+    from scipy import stats  # imported here: scipy.stats takes seconds, and the CLI validates flags first
+
     # beta.ppf(q, 0, .) is undefined; the exact bounds at the ends are 0 and 1.
     lower = np.where(k > 0, stats.beta.ppf(alpha, np.maximum(k, 1), n - k + 1), 0.0)
     upper = np.where(k < n, stats.beta.ppf(1 - alpha, k + 1, np.maximum(n - k, 1)), 1.0)
