@@ -99,7 +99,8 @@ def main(argv):
             if not grid:
                 continue
             t = time.time()
-            ours = ensemble.robust_accuracy(m.model_fn, x, y, FLAGS.preset, norm, grid, seed=FLAGS.seed)
+            ours = ensemble.robust_accuracy(m.model_fn, x, y, FLAGS.preset, norm, grid, seed=FLAGS.seed,
+                                           verbose=1)
             ours_s = time.time() - t
             for e in grid:
                 tf.random.set_seed(FLAGS.seed)
