@@ -124,7 +124,7 @@ def test_linear_model_reaches_the_closed_form_boundary_distance(norm):
 @pytest.mark.parametrize("name", ["fab_t_linf", "fab_t_l2"])
 def test_outputs_stay_in_the_ball_and_the_box(name):
     norm = name.split("_")[-1]
-    model_fn, x, y, w, _ = _linear_model(1)
+    model_fn, x, y, w, _ = _linear_model(1, classes=3)  # 2 target classes: a short trace
     eps = float(np.median(_closed_form(model_fn, x, y, w, norm)[1].min(1)))  # breaks about half
     cfg = attacks.AttackConfig(name, eps=eps, steps=30)
     raw = tf.function(attacks.ATTACKS.get(name).fn)(model_fn, tf.constant(x), tf.constant(y), cfg).numpy()
@@ -160,13 +160,13 @@ def test_cnn_adversarial_points_are_misclassified(cnn):
 
 def test_ensemble_fab_member_agrees_with_the_attack_and_is_monotone(cnn):
     fn, x, y = cnn
-    preset = ensemble.Preset("fab", (ensemble.EnsembleAttack("fab-t", steps=30, targets=2),), "test")
+    preset = ensemble.Preset("fab", (ensemble.EnsembleAttack("fab-t", steps=20, targets=2),), "test")
     r = ensemble.robust_accuracy(fn, x, y, preset, "linf", (0.05, 0.1))
     assert [a for a, _ in r.at(0.1).after_each] == ["clean", "eps 0.05", "fab-t(2)"]
     assert not np.any(r.at(0.1).correct & ~r.at(0.05).correct)
     # The same attack called directly breaks the same points, up to one (it keeps the
     # closest point over the targets; the ensemble the first target that lands within eps).
-    adv = tf.function(attacks.fab_t)(fn, x, y, 0.1, steps=30, norm="linf", targets=2)
+    adv = tf.function(attacks.fab_t)(fn, x, y, 0.1, steps=20, norm="linf", targets=2)
     direct = np.argmax(fn(adv).numpy(), 1) == y
     assert abs(direct.mean() - r.accuracy(0.1)) <= 1 / len(y) + 1e-9
     assert r.accuracy(0.1) < r.clean_accuracy - 0.2  # FAB bites

@@ -139,7 +139,7 @@ def test_exported_winner_gets_the_standard_preset_and_the_masking_checks(search)
     meta = strict_load(path + ".json")
     assert meta["robust_preset"] == "standard" and meta["robust_examples"] == 30
     names = [s["attack"] for s in meta["robust_after_each"]]
-    assert names[:5] == ["clean", "apgd-ce", "apgd-t(9)", "fab-t(9)", "square"]
+    assert names[:6] == ["clean", "eps 0", "apgd-ce", "apgd-t(9)", "fab-t(9)", "square"]
     assert [c["name"] for c in meta["sanity_checks"]] == list(sanity.CHECK_NAMES)
     assert meta["sanity_passed"] == all(c["status"] != "fail" for c in meta["sanity_checks"])
     assert meta["robust_standard"]["linf"]["eps"] == [0.0, 0.1]

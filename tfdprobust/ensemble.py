@@ -55,7 +55,9 @@ class EnsembleAttack:
     Attributes:
         name: key of :data:`ENSEMBLE_ATTACKS` (apgd-ce, apgd-dlr, apgd-t, fab-t, square).
         steps: iterations (APGD, FAB).
-        restarts: random restarts (APGD-CE/DLR: per point; APGD-T: per target class).
+        restarts: random restarts (APGD-CE/DLR: per point; APGD-T: per target class;
+            FAB-T ignores it: one run from the clean point per target class, as in
+            AutoAttack's standard version).
         targets: target classes of APGD-T and FAB-T (the next-most-likely classes of
             the clean point, as in the reference).
         queries: query budget of Square.

@@ -32,6 +32,8 @@ flags.DEFINE_integer("art_restarts", 1, "Random restarts of ART's APGD-CE and AP
 flags.DEFINE_integer("art_square_queries", 5000, "Query budget of ART's Square.")
 flags.DEFINE_string("out", None, "JSON file for the results (written at the end; also printed).")
 flags.DEFINE_integer("seed", 0, "Example subset and attack seeds.")
+flags.DEFINE_list("table_from", None, "Instead of attacking: print the markdown table of these result JSON "
+                  "files (written by --out).")
 
 
 def art_autoattack(model_fn, x, y, norm: str, eps: float, num_classes: int, restarts: int, queries: int,
@@ -78,8 +80,31 @@ def _write(rows, source):
     os.replace(tmp, FLAGS.out)
 
 
+def markdown_table(paths) -> str:
+    """The rows of result JSON files as one markdown table (model, threat, ours, ART, gap,
+    the accuracy after each of our attacks, wall times)."""
+    lines = ["| model | threat | ours (`standard`) [95% CI] | ART AutoAttack | ours − ART | ours after each attack | "
+             "wall time ours (all ε of the norm) / ART |", "|---|---|---:|---:|---:|---|---:|"]
+    for path in paths:
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+        for r in rows:
+            sym = "ℓ∞" if r["norm"] == "linf" else "ℓ2"
+            steps = ", ".join(f"{a} {v:.3f}" for a, v in r["ours_after_each"][1:])
+            lines.append(f"| {r['model']} | {sym} ε = {r['eps']:g} | {r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, "
+                         f"{r['ours_ci95'][1]:.3f}] | {r['art']:.3f} | {r['gap_points']:+.1f} pts | {steps} | "
+                         f"{r['ours_seconds_all_eps']:.0f} s / {r['art_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
+    if FLAGS.table_from:
+        print(markdown_table(FLAGS.table_from))
+        return
+    from tfdprobust.errors import require
+
+    require(FLAGS.model, "--model: give at least one model (or --table_from to print a table)")
     import numpy as np
     import tensorflow as tf
 
@@ -125,5 +150,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("model")
     cli.run(main)
