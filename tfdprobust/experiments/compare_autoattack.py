@@ -85,24 +85,47 @@ def _write(rows, source):
 def markdown_table(paths) -> str:
     """The rows of result JSON files as one markdown table (model, threat, ours, ART, gap,
     the accuracy after each of our attacks, wall times)."""
-    lines = ["| model | threat | ours (`standard`) [95% CI] | ART AutoAttack | ours − ART | ours after each attack | "
-             "wall time ours (all ε of the norm) / ART |", "|---|---|---:|---:|---:|---|---:|"]
+    lines = ["| model | threat | clean | ours (`standard`) [95% CI] | ART AutoAttack | ours − ART | "
+             "ours after each attack | wall time ours (all ε of the norm) / ART |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
     for path in paths:
         with open(path) as f:
             rows = json.load(f)["rows"]
         for r in rows:
             sym = "ℓ∞" if r["norm"] == "linf" else "ℓ2"
             steps = ", ".join(f"{a} {v:.3f}" for a, v in r["ours_after_each"][1:])
-            lines.append(f"| {r['model']} | {sym} ε = {r['eps']:g} | {r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, "
+            clean = f"{r['clean']:.3f}" if "clean" in r else "–"
+            lines.append(f"| {r['model']} | {sym} ε = {r['eps']:g} | {clean} | {r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, "
                          f"{r['ours_ci95'][1]:.3f}] | {r['art']:.3f} | {r['gap_points']:+.1f} pts | {steps} | "
                          f"{r['ours_seconds_all_eps']:.0f} s / {r['art_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def claim_table(paths) -> str:
+    """Rows of --noart result files: our robust accuracy per eps, one column per model."""
+    by_model = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["rows"]:
+                by_model.setdefault(r["model"], {})[(r["norm"], r["eps"])] = r
+    models = list(by_model)
+    keys = sorted({k for rows in by_model.values() for k in rows})
+    lines = ["| threat | " + " | ".join(f"{m} (`standard`, 95% CI)" for m in models) + " |",
+             "|---|" + "---:|" * len(models)]
+    for norm, eps in keys:
+        cells = []
+        for m in models:
+            r = by_model[m].get((norm, eps))
+            cells.append("not run" if r is None else
+                         f"{r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, {r['ours_ci95'][1]:.3f}]")
+        lines.append(f"| {'ℓ∞' if norm == 'linf' else 'ℓ2'} ε = {eps:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
     if FLAGS.table_from:
-        print(markdown_table(FLAGS.table_from))
+        print(markdown_table(FLAGS.table_from) if FLAGS.art else claim_table(FLAGS.table_from))
         return
     from tfdprobust.errors import require
 
