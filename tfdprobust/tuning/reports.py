@@ -349,7 +349,7 @@ def winner_lines(path: str) -> List[str]:
     return [f"  test robust acc   : {meta['robust_accuracy']:.4f} [95% CI {lo:.3f}, {hi:.3f}] "
             f"({meta['robust_preset']} ensemble: {steps}; {attack.get('name', '?')[4:]} "
             f"eps={attack.get('eps', float('nan')):g}, {meta['robust_examples']} test images)",
-            f"  masking checks    : " + (f"all {len(meta['sanity_checks'])} pass" if not bad else
+            "  masking checks    : " + (f"all {len(meta['sanity_checks'])} pass" if not bad else
                                          f"FAILED: {', '.join(bad)} (the robust accuracy is NOT trustworthy)")]
 
 
