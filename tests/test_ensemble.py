@@ -92,8 +92,8 @@ def test_bad_arguments(trained, kwargs, message):
 def test_presets_are_the_documented_ensembles():
     q, s = ensemble.PRESETS.get("quick"), ensemble.PRESETS.get("standard")
     assert [a.label for a in q.attacks] == ["apgd-ce", "apgd-t(3)"]
-    assert [a.label for a in s.attacks] == ["apgd-ce", "apgd-t(9)", "square"]
-    assert s.attacks[2].queries == 5000 and all(a.steps == 100 for a in s.attacks[:2])
+    assert [a.label for a in s.attacks] == ["apgd-ce", "apgd-t(9)", "fab-t(9)", "square"]
+    assert s.attacks[3].queries == 5000 and all(a.steps == 100 for a in s.attacks[:3])
 
 
 def _art_autoattack(fn, x, y, norm, eps, queries):

@@ -15,7 +15,7 @@ from tune_util import direct_epsilon, poisson_trial, strict_load, tiny_config
 def search(tmp_path_factory):
     """A finished 1x2 grid search (noisy-count validation), one non-DP reference, one export."""
     cfg = tiny_config(tmp_path_factory.mktemp("tune"), clip_grid=(1.0,), lr_grid=(0.5, 2.0),
-                      nondp_reference=True, nondp_lr_grid=(0.5,), export_best=1)
+                      nondp_reference=True, nondp_lr_grid=(0.5,), export_best=1, run_kw=dict(eval_examples=30))
     lines = []
     out = run_search(cfg, log=lines.append)
     return cfg, out, lines
@@ -68,7 +68,8 @@ def test_exported_metadata_holds_no_training_batch_statistic(search):
         leaf = key.rsplit(".", 1)[-1]
         assert not any(word in leaf for word in ("loss", "history", "per_epoch", "batch_acc", "train_acc")), key
         if "accuracy" in leaf:  # test-set figures, and the released (noised) validation figures
-            test_set = key.startswith("robust_after_each.")  # the ensemble's steps, on test images
+            # the ensembles' steps and grids, on test images
+            test_set = key.startswith(("robust_after_each.", "robust_standard."))
             assert test_set or leaf in ("clean_accuracy", "robust_accuracy", "released_" + NATURAL,
                                         "released_" + ROBUST), key
     assert meta["epsilon"] == out["guarantee"]["epsilon"] and meta["guarantee"] == out["guarantee"]["statement"]
@@ -123,3 +124,34 @@ def test_rerunning_a_finished_search_reports_and_trains_nothing(search):
     assert [r[ROBUST] for r in again["trials"]] == [r[ROBUST] for r in out["trials"]]
     assert before == 0 and sizes == [os.path.getsize(os.path.join(cfg.tuning_dir, privacy.LEDGER_DIR, f))
                                      for f in ledger_files]
+
+
+
+def test_exported_winner_gets_the_standard_preset_and_the_masking_checks(search):
+    """Selection used the quick preset; the winner is re-evaluated with the standard one
+    (AutoAttack's order) and every gradient-masking check, and the summary shows both."""
+    from tfdprobust import attacks, sanity
+    from tfdprobust.evaluate.models import load_model
+    from tfdprobust.tuning.trial import load_search_data
+
+    cfg, out, lines = search
+    (path,) = out["exported"]
+    meta = strict_load(path + ".json")
+    assert meta["robust_preset"] == "standard" and meta["robust_examples"] == 30
+    names = [s["attack"] for s in meta["robust_after_each"]]
+    assert names[:6] == ["clean", "eps 0", "apgd-ce", "apgd-t(9)", "fab-t(9)", "square"]
+    assert [c["name"] for c in meta["sanity_checks"]] == list(sanity.CHECK_NAMES)
+    assert meta["sanity_passed"] == all(c["status"] != "fail" for c in meta["sanity_checks"])
+    assert meta["robust_standard"]["linf"]["eps"] == [0.0, 0.1]
+    assert meta["robust_standard"]["l2"]["eps"] == [0.0, 1.0, 2.0]  # the checks' l2 grid
+    lo, hi = meta["robust_ci95"]
+    assert lo <= meta["robust_accuracy"] <= hi
+    text = "\n".join(lines)
+    assert "test robust acc   : " in text and "standard ensemble: clean" in text and "masking checks    : " in text
+    # Independent check on the exported SavedModel and the same 30 test images: the
+    # standard number is no higher than CleverHans PGD-40's, up to one image.
+    sd = load_search_data(cfg, log=lambda m: None)
+    x, y = sd.test.x[:30], sd.test.y[:30]
+    model = load_model(path, "winner")
+    pgd = attacks.correct_under_attack(model.model_fn, x, y, attacks.AttackConfig("pgd_linf", eps=0.1, steps=40))
+    assert meta["robust_accuracy"] <= pgd.mean() + 1 / 30

@@ -19,11 +19,11 @@ Presets (registry :data:`PRESETS`):
 ``quick``   APGD-CE (100 steps) + APGD-T (3 target classes, 100 steps); for
             selection inside training and tuning
 ``standard``  AutoAttack's standard version: APGD-CE, APGD-T (9 targets),
-            Square (5,000 queries); FAB-T is not implemented yet (see README)
+            FAB-T (9 targets, 100 steps), Square (5,000 queries)
 ==========  ================================================================
 
-APGD runs through this project's graph-safe implementation (:func:`attacks.apgd`),
-compiled once per model; Square is ART's ``SquareAttack`` (Andriushchenko et al.,
+APGD and FAB-T run through this project's graph-safe implementations
+(:func:`attacks.apgd`, :mod:`attacks.fab`), compiled once per model; Square is ART's ``SquareAttack`` (Andriushchenko et al.,
 "Square Attack: a query-efficient black-box adversarial attack via random search")
 on a ``TensorFlowV2Classifier``.
 
@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from tfdprobust import attacks
 from tfdprobust.attacks.apgd import apgd_dynamic, checkpoint_schedule
+from tfdprobust.attacks.fab import fab_targeted_dynamic
 from tfdprobust.errors import require
 from tfdprobust.registry import Registry
 
@@ -52,11 +53,13 @@ class EnsembleAttack:
     """One member of a preset.
 
     Attributes:
-        name: key of :data:`ENSEMBLE_ATTACKS` (apgd-ce, apgd-dlr, apgd-t, square).
-        steps: iterations (APGD).
-        restarts: random restarts (APGD-CE/DLR: per point; APGD-T: per target class).
-        targets: target classes of APGD-T (the next-most-likely classes of the clean
-            point, as in the reference).
+        name: key of :data:`ENSEMBLE_ATTACKS` (apgd-ce, apgd-dlr, apgd-t, fab-t, square).
+        steps: iterations (APGD, FAB).
+        restarts: random restarts (APGD-CE/DLR: per point; APGD-T: per target class;
+            FAB-T ignores it: one run from the clean point per target class, as in
+            AutoAttack's standard version).
+        targets: target classes of APGD-T and FAB-T (the next-most-likely classes of
+            the clean point, as in the reference).
         queries: query budget of Square.
     """
 
@@ -74,8 +77,8 @@ class EnsembleAttack:
 
     @property
     def label(self) -> str:
-        if self.name == "apgd-t":
-            return f"apgd-t({self.targets})"
+        if self.name in ("apgd-t", "fab-t"):
+            return f"{self.name}({self.targets})"
         return self.name
 
 
@@ -202,6 +205,60 @@ def _apgd_t(model_fn, x, y, norm, eps, member, ctx):
     return correct
 
 
+def _fab_fn(model_fn, input_shape):
+    def build():
+        spec = [tf.TensorSpec([None, *input_shape], tf.float32), tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.bool)]
+
+        @tf.function(input_signature=spec)
+        def run(xb, yb, tb, steps, is_linf):
+            return fab_targeted_dynamic(model_fn, xb, yb, tb, steps, is_linf)
+
+        return run
+
+    return _cache(model_fn, ("fab", tuple(input_shape)), build)
+
+
+@_register_attack("fab-t")
+def _fab_t(model_fn, x, y, norm, eps, member, ctx):
+    # FAB-T (Croce & Hein, "Minimally distorted adversarial examples with a fast
+    # adaptive boundary attack") as in AutoAttack's standard version: one run from the
+    # clean point per target class (the next-most-likely classes), on the points no
+    # earlier target broke. FAB minimizes the distance without looking at eps, so its
+    # closest adversarial point per (example, target) is kept in ctx and reused at every
+    # larger eps of the same call (the run is deterministic, so this changes no result).
+    order = np.argsort(-ctx["clean_logits"], axis=1)
+    fn = _fab_fn(model_fn, x.shape[1:])
+    cache = ctx.setdefault("fab", {})
+    n_total = len(ctx["clean_logits"])
+    gidx = ctx["index"]
+    correct = np.ones(len(x), bool)
+    for k in range(1, min(member.targets, order.shape[1] - 1) + 1):
+        key = (norm, member.steps, k)
+        if key not in cache:
+            cache[key] = (np.zeros(n_total, bool), np.zeros((n_total, *x.shape[1:]), np.float32),
+                          np.full(n_total, np.inf, np.float32))
+        done, advs, dists = cache[key]
+        idx = np.flatnonzero(correct)
+        if not len(idx):
+            break
+        todo = idx[~done[gidx[idx]]]
+        bs = ctx["batch_size"]
+        for s in range(0, len(todo), bs):
+            sel = todo[s:s + bs]
+            adv, dist = fn(tf.constant(x[sel]), tf.constant(y[sel], tf.int32),
+                           tf.constant(order[gidx[sel], k], tf.int32), tf.constant(member.steps, tf.int32),
+                           tf.constant(norm == "linf"))
+            advs[gidx[sel]], dists[gidx[sel]], done[gidx[sel]] = adv.numpy(), dist.numpy(), True
+        # A point counts as broken only if its adversarial point, projected onto the
+        # ball (a no-op up to rounding), is still misclassified.
+        near = idx[dists[gidx[idx]] <= eps * (1 + 1e-5)]
+        if len(near):
+            cand = attacks.project(tf.constant(advs[gidx[near]]), tf.constant(x[near]), eps, norm).numpy()
+            correct[near] = _predict(model_fn, cand, ctx["batch_size"]) == y[near]
+    return correct
+
+
 def import_art():
     """Imports ART without letting it reconfigure the process's logging.
 
@@ -275,8 +332,8 @@ PRESETS.register("quick")(Preset("quick", (
     "APGD-CE + APGD-T (3 targets), 100 steps, 1 restart: for model selection"))
 PRESETS.register("standard")(Preset("standard", (
     EnsembleAttack("apgd-ce", steps=100), EnsembleAttack("apgd-t", steps=100, targets=9),
-    EnsembleAttack("square", queries=5000)),
-    "AutoAttack standard minus FAB-T: APGD-CE, APGD-T (9 targets), Square (5,000 queries)"))
+    EnsembleAttack("fab-t", steps=100, targets=9), EnsembleAttack("square", queries=5000)),
+    "AutoAttack's standard version: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries)"))
 
 
 
@@ -390,7 +447,7 @@ def robust_accuracy(model_fn: Callable, x, y, preset="quick", norm: str = "linf"
         x: images in [0, 1], float32, NHWC.
         y: integer labels.
         preset: ``"quick"`` (APGD-CE + APGD-T(3); training summary and tuner selection)
-            or ``"standard"`` (APGD-CE, APGD-T(9), Square 5,000; evaluation and the
+            or ``"standard"`` (APGD-CE, APGD-T(9), FAB-T(9), Square 5,000; evaluation and the
             tuner's exported winner), or a :class:`Preset`.
         norm: ``"linf"`` or ``"l2"``.
         eps: radii; any order, 0 allowed (gives the clean accuracy).

@@ -52,7 +52,7 @@ class RunConfig:
         eval_attack: norm (``pgd_linf``/``pgd_l2``), radius and APGD steps of the reported
             robust accuracy; restarts set the APGD restarts.
         eval_preset: the attack ensemble of :func:`tfdprobust.ensemble.robust_accuracy`
-            (``quick``: APGD-CE + APGD-T; ``standard``: + Square).
+            (``quick``: APGD-CE + APGD-T; ``standard``: + FAB-T, Square).
         eval_examples: test images attacked for the robust accuracy (0 = all); clean
             accuracy always uses the whole test split.
         export_dir: parent folder of the export (``None``: do not export).

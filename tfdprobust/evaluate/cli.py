@@ -49,7 +49,7 @@ flags.DEFINE_string("out", None, "Report folder (default: reports/eval-<model na
 flags.DEFINE_bool("overwrite", False, "Replace an existing report folder written by this tool.", flag_values=FLAGS)
 flags.DEFINE_bool("quick", False, "A smaller suite: 200 images, quick preset, fewer steps.", flag_values=FLAGS)
 flags.DEFINE_string("preset", None, "Attack ensemble: quick (APGD-CE + APGD-T) or standard (APGD-CE, "
-                    f"APGD-T, Square). Default {_DEFAULT.preset} ({QUICK['preset']} with --quick).",
+                    f"APGD-T, FAB-T, Square). Default {_DEFAULT.preset} ({QUICK['preset']} with --quick).",
                     flag_values=FLAGS)
 flags.DEFINE_integer("num_examples", None, f"Test images (default {_DEFAULT.num_examples}; a seeded subset "
                      "shared by all models).", flag_values=FLAGS)

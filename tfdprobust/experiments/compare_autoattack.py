@@ -28,10 +28,14 @@ flags.DEFINE_integer("num_examples", 500, "Test images (the evaluation's seeded 
 flags.DEFINE_list("eps_linf", ["0.1", "0.2", "0.3"], "l_inf radii.")
 flags.DEFINE_list("eps_l2", ["1.0", "2.0"], "l2 radii.")
 flags.DEFINE_string("preset", "standard", "Our preset (quick or standard).")
+flags.DEFINE_bool("art", True, "Run ART's AutoAttack next to ours (--noart: only our preset, e.g. to "
+                  "re-check a recorded figure).")
 flags.DEFINE_integer("art_restarts", 1, "Random restarts of ART's APGD-CE and APGD-DLR.")
 flags.DEFINE_integer("art_square_queries", 5000, "Query budget of ART's Square.")
 flags.DEFINE_string("out", None, "JSON file for the results (written at the end; also printed).")
 flags.DEFINE_integer("seed", 0, "Example subset and attack seeds.")
+flags.DEFINE_list("table_from", None, "Instead of attacking: print the markdown table of these result JSON "
+                  "files (written by --out).")
 
 
 def art_autoattack(model_fn, x, y, norm: str, eps: float, num_classes: int, restarts: int, queries: int,
@@ -95,8 +99,54 @@ def check_flags():
         fc.writable_parent(FLAGS.out, "--out")
 
 
+def markdown_table(paths) -> str:
+    """The rows of result JSON files as one markdown table (model, threat, ours, ART, gap,
+    the accuracy after each of our attacks, wall times)."""
+    lines = ["| model | threat | clean | ours (`standard`) [95% CI] | ART AutoAttack | ours − ART | "
+             "ours after each attack | wall time ours (all ε of the norm) / ART |",
+             "|---|---|---:|---:|---:|---:|---|---:|"]
+    for path in paths:
+        with open(path) as f:
+            rows = json.load(f)["rows"]
+        for r in rows:
+            sym = "ℓ∞" if r["norm"] == "linf" else "ℓ2"
+            steps = ", ".join(f"{a} {v:.3f}" for a, v in r["ours_after_each"][1:])
+            clean = f"{r['clean']:.3f}" if "clean" in r else "–"
+            lines.append(f"| {r['model']} | {sym} ε = {r['eps']:g} | {clean} | {r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, "
+                         f"{r['ours_ci95'][1]:.3f}] | {r['art']:.3f} | {r['gap_points']:+.1f} pts | {steps} | "
+                         f"{r['ours_seconds_all_eps']:.0f} s / {r['art_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+def claim_table(paths) -> str:
+    """Rows of --noart result files: our robust accuracy per eps, one column per model."""
+    by_model = {}
+    for path in paths:
+        with open(path) as f:
+            for r in json.load(f)["rows"]:
+                by_model.setdefault(r["model"], {})[(r["norm"], r["eps"])] = r
+    models = list(by_model)
+    keys = sorted({k for rows in by_model.values() for k in rows})
+    lines = ["| threat | " + " | ".join(f"{m} (`standard`, 95% CI)" for m in models) + " |",
+             "|---|" + "---:|" * len(models)]
+    for norm, eps in keys:
+        cells = []
+        for m in models:
+            r = by_model[m].get((norm, eps))
+            cells.append("not run" if r is None else
+                         f"{r['ours']:.3f} [{r['ours_ci95'][0]:.3f}, {r['ours_ci95'][1]:.3f}]")
+        lines.append(f"| {'ℓ∞' if norm == 'linf' else 'ℓ2'} ε = {eps:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     del argv
+    if FLAGS.table_from:
+        print(markdown_table(FLAGS.table_from) if FLAGS.art else claim_table(FLAGS.table_from))
+        return
+    from tfdprobust.errors import require
+
+    require(FLAGS.model, "--model: give at least one model (or --table_from to print a table)")
     check_flags()
     import numpy as np
     import tensorflow as tf
@@ -117,30 +167,38 @@ def main(argv):
             if not grid:
                 continue
             t = time.time()
-            ours = ensemble.robust_accuracy(m.model_fn, x, y, FLAGS.preset, norm, grid, seed=FLAGS.seed)
+            ours = ensemble.robust_accuracy(m.model_fn, x, y, FLAGS.preset, norm, grid, seed=FLAGS.seed,
+                                           verbose=1)
             ours_s = time.time() - t
             for e in grid:
+                row = dict(model=m.name, path=path, norm=norm, eps=e, clean=ours.clean_accuracy,
+                           ours=ours.accuracy(e), ours_ci95=list(ours.ci95(e)),
+                           ours_after_each=ours.at(e).after_each, ours_seconds_all_eps=ours_s)
+                if not FLAGS.art:
+                    rows.append(row)
+                    _write(rows, source)
+                    print(f"{m.name} {norm} eps={e:g}: ours({FLAGS.preset}) {row['ours']:.3f} "
+                          f"[{row['ours_ci95'][0]:.3f}, {row['ours_ci95'][1]:.3f}]  (ours {ours_s:.0f} s for all eps)",
+                          flush=True)
+                    continue
                 tf.random.set_seed(FLAGS.seed)
                 np.random.seed(FLAGS.seed)
                 t = time.time()
                 ref = art_autoattack(m.model_fn, x, y, norm, e, num_classes, FLAGS.art_restarts,
                                      FLAGS.art_square_queries)
                 both = ours.at(e).correct & ref
-                row = dict(model=m.name, path=path, norm=norm, eps=e, ours=ours.accuracy(e),
-                           ours_ci95=list(ours.ci95(e)), ours_after_each=ours.at(e).after_each,
-                           art=float(ref.mean()), min_of_both=float(both.mean()),
-                           gap_points=100 * (ours.accuracy(e) - float(ref.mean())),
-                           ours_seconds_all_eps=ours_s, art_seconds=time.time() - t)
+                row.update(art=float(ref.mean()), min_of_both=float(both.mean()),
+                           gap_points=100 * (ours.accuracy(e) - float(ref.mean())), art_seconds=time.time() - t)
                 rows.append(row)
                 _write(rows, source)  # after every row: a long run keeps what it has
                 print(f"{m.name} {norm} eps={e:g}: ours({FLAGS.preset}) {row['ours']:.3f}  ART AutoAttack "
                       f"{row['art']:.3f}  gap {row['gap_points']:+.1f} pts  both {row['min_of_both']:.3f}  "
                       f"(ours {ours_s:.0f} s for all eps, ART {row['art_seconds']:.0f} s)", flush=True)
     _write(rows, source)
-    worst = max(r["gap_points"] for r in rows)
-    print(f"largest gap (ours - ART): {worst:+.1f} points ({'OK' if worst <= 1.0 else 'ABOVE 1 POINT'})")
+    if FLAGS.art and rows:
+        worst = max(r["gap_points"] for r in rows)
+        print(f"largest gap (ours - ART): {worst:+.1f} points ({'OK' if worst <= 1.0 else 'ABOVE 1 POINT'})")
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("model")
     cli.run(main)

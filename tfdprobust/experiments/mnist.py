@@ -74,7 +74,7 @@ flags.DEFINE_boolean("random_start", True, "Start PGD from a random point in the
 flags.DEFINE_float("adv_weight", 0.5, "Per-example loss = (1-w) clean + w adversarial, combined before clipping.")
 # Evaluation and export
 flags.DEFINE_string("eval_preset", "quick", "Attack ensemble of the reported robust accuracy (tfdprobust.ensemble): "
-                    "quick (APGD-CE + APGD-T) or standard (+ Square); the same function as tfdprobust.evaluate.")
+                    "quick (APGD-CE + APGD-T) or standard (+ FAB-T, Square); the same function as tfdprobust.evaluate.")
 flags.DEFINE_integer("eval_steps", 100, "APGD iterations of each attack of the ensemble.")
 flags.DEFINE_integer("eval_restarts", 1, "APGD restarts of each attack of the ensemble.")
 flags.DEFINE_integer("eval_examples", 1000, "Test images attacked for the robust accuracy (0 = all); clean accuracy "

@@ -247,12 +247,17 @@ def plot_pareto(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], path: st
 
 
 # --------------------------------------------------------------------------- export
+# Test-set figures of an export (tuning.trial.winner_robustness), kept on a rerun.
+WINNER_KEYS = ("clean_accuracy", "robust_accuracy", "robust_ci95", "robust_preset", "robust_examples",
+               "robust_after_each", "robust_standard", "sanity_checks", "sanity_passed")
+
+
 def export_best(cfg: TuneConfig, rows: List[Dict[str, Any]], sd, guarantee: Dict[str, Any],
                 log=print) -> List[str]:
     """Exports the best ``cfg.export_best`` DP trials (by released score). An export that
     already exists (a rerun) is kept; only its metadata is refreshed with the current guarantee."""
-    from tfdprobust import export, models, training
-    from tfdprobust.tuning.trial import trial_config
+    from tfdprobust import export, models, sanity, train_step
+    from tfdprobust.tuning.trial import WINNER_PRESET, trial_config, winner_robustness
 
     paths = []
     ranked = sorted(rows, key=lambda r: (-r["score"], r["trial_id"]))[:cfg.export_best]
@@ -264,7 +269,7 @@ def export_best(cfg: TuneConfig, rows: List[Dict[str, Any]], sd, guarantee: Dict
         if os.path.exists(os.path.join(out, export.METADATA_FILE)) and os.path.exists(sidecar):
             with open(sidecar) as f:
                 old = json.load(f)
-            metrics = {k: old[k] for k in ("clean_accuracy", "robust_accuracy") if k in old}
+            metrics = {k: old[k] for k in WINNER_KEYS if k in old}
             result = metadata(cfg, run_cfg, sd, record, metrics, guarantee, rank)
             write_json_strict(os.path.join(out, export.METADATA_FILE), result)
             write_json_strict(sidecar, dict(result, export_path=out, results_path=sidecar))
@@ -274,8 +279,14 @@ def export_best(cfg: TuneConfig, rows: List[Dict[str, Any]], sd, guarantee: Dict
         model_cfg = dataclasses.replace(run_cfg.model, input_shape=tuple(sd.train.x.shape[1:]))
         net = models.build_model(model_cfg, seed=run_cfg.seed)
         net.load_weights(os.path.join(cfg.project_dir, f"trial_{trial_id}", WEIGHTS_FILE))
-        log(f"evaluating best #{rank} (trial {trial_id}) once on {len(sd.test)} test images")
-        metrics = training.evaluate_net(net, sd.test, run_cfg.eval_attack, verbose=0, log=log)
+        metrics = {"clean_accuracy": train_step.accuracy(net, sd.test.x, sd.test.y)}
+        if run_cfg.eval_attack is not None:
+            n = len(sd.test) if run_cfg.eval_examples == 0 else min(run_cfg.eval_examples, len(sd.test))
+            log(f"evaluating best #{rank} (trial {trial_id}) once: {WINNER_PRESET} ensemble and the "
+                f"gradient-masking checks on {n} test images")
+            metrics.update(winner_robustness(net, sd.test.x[:n], sd.test.y[:n], run_cfg.eval_attack))
+            log(sanity.format_checks([sanity.Check(**c) for c in metrics["sanity_checks"]],
+                                     f"best #{rank} (trial {trial_id})"))
         result = metadata(cfg, run_cfg, sd, record, metrics, guarantee, rank)
         path = export.export_model(net, out, strict(result), overwrite=True)
         write_json_strict(os.path.join(path, export.METADATA_FILE), result)
@@ -321,6 +332,27 @@ def metadata(cfg: TuneConfig, run_cfg, sd, record, metrics, guarantee, rank) -> 
 
 
 # --------------------------------------------------------------------------- summary
+def winner_lines(path: str) -> List[str]:
+    """The exported model's test-set robust accuracy (standard preset, 95% CI) and the
+    verdict of the gradient-masking checks, from its metadata sidecar."""
+    try:
+        with open(path + ".json") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if meta.get("robust_accuracy") is None:
+        return []
+    attack = meta.get("eval_attack") or {}
+    lo, hi = meta["robust_ci95"]
+    bad = [c["name"] for c in meta["sanity_checks"] if c["status"] == "fail"]
+    steps = ", ".join(f"{s['attack']} {s['accuracy']:.3f}" for s in meta["robust_after_each"])
+    return [f"  test robust acc   : {meta['robust_accuracy']:.4f} [95% CI {lo:.3f}, {hi:.3f}] "
+            f"({meta['robust_preset']} ensemble: {steps}; {attack.get('name', '?')[4:]} "
+            f"eps={attack.get('eps', float('nan')):g}, {meta['robust_examples']} test images)",
+            "  masking checks    : " + (f"all {len(meta['sanity_checks'])} pass" if not bad else
+                                         f"FAILED: {', '.join(bad)} (the robust accuracy is NOT trustworthy)")]
+
+
 def summary(out: Dict[str, Any]) -> str:
     """The printed summary: ONE guarantee for the published table, the validation mechanism,
     the best trial, where the files are; references (if any) in their own block."""
@@ -348,6 +380,7 @@ def summary(out: Dict[str, Any]) -> str:
               f"TensorBoard HParams : tensorboard --logdir {out['tensorboard_logdir']} --host 127.0.0.1"]
     for path in out["exported"]:
         lines.append(f"SavedModel          : {path} (+ .json; epsilon there = the search's)")
+        lines.extend(winner_lines(path))
     if out["references"]:
         lines += ["", f"--- {NOT_COVERED} ---",
                   f"{len(out['references'])} non-DP reference(s) in {out['references_md']}: exact validation "

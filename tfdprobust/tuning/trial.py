@@ -1,7 +1,9 @@
 """The data of a search and what one trial does: train, count correct validation images, release.
 
-:func:`robust_correct` is the ONE place that measures robust accuracy for selection;
-swap in the shared robustness evaluation there.
+The tuner measures robust accuracy in two places, both through
+:func:`tfdprobust.ensemble.robust_accuracy`: :func:`robust_correct` (selection, the
+``quick`` preset) and :func:`winner_robustness` (every exported winner, the
+``standard`` preset plus the gradient-masking checks).
 """
 
 import dataclasses
@@ -118,6 +120,42 @@ def robust_correct(net, x, y, attack) -> int:
 
     result = training.robust_evaluation(net, x, y, attack, preset="quick")
     return int(result.at(attack.eps).correct.sum())
+
+
+WINNER_PRESET = "standard"
+
+
+def winner_robustness(net, x, y, attack) -> Dict[str, Any]:
+    """The ``standard`` preset (AutoAttack's APGD-CE, APGD-T, FAB-T, Square) plus every
+    gradient-masking check on an exported winner: the tuner's other robust-accuracy hook.
+
+    Selection maximizes a ``quick`` number over many trials, which favours whatever
+    the quick attacks happen to miss; the winner is therefore re-evaluated with the
+    strongest standard ensemble, and the masking checks say whether even that number
+    can be trusted (:func:`tfdprobust.sanity.robust_accuracy_with_checks`). The attack's
+    norm is evaluated at ``(0, eps)``; the other norm at the checks' default grid, so
+    the l_inf and l2 masking checks both run.
+
+    Returns:
+        Test-set figures for the export's metadata: ``robust_accuracy`` (standard, at
+        ``attack.eps``), its ``robust_ci95``, ``robust_after_each``, ``robust_standard``
+        (every eps of both norms), ``sanity_checks`` and ``sanity_passed``.
+    """
+    from tfdprobust import sanity
+
+    norm = attack.norm
+    grids = {f"eps_{norm}": (0.0, float(attack.eps))}
+    robust, checks = sanity.robust_accuracy_with_checks(
+        lambda z: net(z, training=False), x, y, preset=WINNER_PRESET, **grids)
+    r = robust[norm]
+    return {
+        "robust_accuracy": r.accuracy(attack.eps), "robust_ci95": list(r.ci95(attack.eps)),
+        "robust_preset": WINNER_PRESET, "robust_examples": len(x),
+        "robust_after_each": [{"attack": a, "accuracy": v} for a, v in r.at(attack.eps).after_each],
+        "robust_standard": {k: v.to_dict() for k, v in robust.items()},
+        "sanity_checks": [dataclasses.asdict(c) for c in checks],
+        "sanity_passed": not sanity.failed(checks),
+    }
 
 
 def planned_steps(run_cfg, num_train: int) -> int:
