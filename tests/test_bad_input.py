@@ -494,6 +494,10 @@ EXPERIMENTS = [
          "--num_examples", "must be >= 1"),
     case("benchmark_evaluate-out-with-user-file", "tfdprobust.experiments.benchmark_evaluate --out={tmp}/precious",
          "--out", "choose a new folder"),
+    case("benchmark_peers-unknown-model", "tfdprobust.experiments.benchmark_peers --models=foo --out={tmp}/bench",
+         "--models", "cnn, lenet, resnet20"),
+    case("benchmark_peers-seconds-negative", "tfdprobust.experiments.benchmark_peers --seconds=-1 --out={tmp}/bench",
+         "--seconds", ">"),
 ]
 
 
@@ -509,7 +513,8 @@ ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.e
                 "tfdprobust.experiments.defaults_sweep", "tfdprobust.experiments.robustness_threats",
                 "tfdprobust.experiments.private_robust", "tfdprobust.experiments.linear_gaussian",
                 "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
-                "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn"]
+                "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn",
+                "tfdprobust.experiments.benchmark_peers"]
 
 _HELP_PROBE = """
 import runpy, sys

@@ -85,7 +85,10 @@ class Spec:
         require(self.model in MODELS, f"--models entries must be in {', '.join(MODELS)}, got {self.model!r}")
         require(self.batch_size >= 1, f"--batch_sizes entries must be >= 1, got {self.batch_size}")
         require(not (self.pgd and self.framework in CLEAN_ONLY), f"{self.framework} has no PGD variant")
-        require(self.seconds > 0 and 1 <= self.min_steps <= self.max_steps, "bad timing settings")
+        require(self.seconds > 0, f"--seconds must be > 0 (timed CPU-seconds per configuration), got {self.seconds}")
+        require(1 <= self.min_steps <= self.max_steps,
+                f"--min_steps and --max_steps must satisfy 1 <= --min_steps <= --max_steps, got {self.min_steps} "
+                f"and {self.max_steps}")
 
     @property
     def key(self) -> str:
