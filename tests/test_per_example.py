@@ -48,10 +48,22 @@ def test_vectorized_map_path_matches_layer_rules(tiny_images):
         np.testing.assert_allclose(f.numpy(), s.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_unsupported_layer_is_detected():
-    net = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Embedding(10, 3),
-                               tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
-    assert not per_example.supports(net)
+def test_unsupported_networks_are_detected():
+    """A rule-less layer now falls back per layer; what the graph walk cannot follow
+    (a subclassed model) is still not the fast path's."""
+    rule_less = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Embedding(10, 3),
+                                     tf.keras.layers.Flatten(), tf.keras.layers.Dense(2)])
+    assert per_example.supports(rule_less) and per_example.rule_for(rule_less.layers[0]) is None
+
+    class Subclassed(tf.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = tf.keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    assert not per_example.supports(Subclassed())
 
 
 def test_fold_rows_adds_copies():

@@ -196,10 +196,14 @@ def test_known_per_example_layers_pass_and_rule_less_layers_take_the_exact_path(
                                tf.keras.layers.DepthwiseConv2D(3), tf.keras.layers.Dropout(0.5),
                                tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
     model = PrivateRobustModel(net, TrainConfig(expected_batch_size=4, attack=None))
-    assert not per_example.supports(net)  # DepthwiseConv2D has no rule: vectorized path
+    assert per_example.supports(net)  # DepthwiseConv2D has no rule: it alone takes the per-layer fallback
+    assert per_example.rule_for(net.layers[1]) is None
     x, y = _batch(tiny_images, 4)
     grads, _ = model.per_example_gradients(x, x, y)
     assert [g.shape[0] for g in grads] == [4] * len(net.trainable_variables)
+    slow, _ = per_example.vectorized_map_gradients(net, x, y, tf.ones([4]))
+    for g, s in zip(grads, slow):
+        np.testing.assert_allclose(g.numpy(), s.numpy(), rtol=1e-4, atol=1e-6)
     grouped = tf.keras.Sequential([tf.keras.Input((8, 8, 4)), tf.keras.layers.Conv2D(4, 3, groups=2)])
     assert per_example.rule_for(grouped.layers[0]) is None  # not the dense-conv rule (wrong shapes)
 

@@ -6,7 +6,12 @@ gradient, and its global L2 norm (over all variables together) is what gets clip
 
 Clipping strategies are registered in :data:`CLIPPINGS` (the ``--clipping`` flag). Each
 bounds every example's whole contribution by the bound ``C`` it is given, so the noise
-std is always sigma * C:
+std is always sigma * C. A strategy only sees each example's per-variable *squared
+norms* and returns a *scale* per example and variable (:func:`clip_factors`): the
+clipped row is the gradient times its scale. That is what lets the fast path
+(:mod:`tfdprobust.per_example`) clip without materializing the gradients at all: it gets
+the squared norms per layer (ghost norms where cheaper) and forms the clipped sum with
+one weight-gradient op per layer on the scaled output gradients (book-keeping).
 
 * ``flat``: ``g * min(1, C / ||g||)`` (Abadi et al., "Deep Learning with Differential
   Privacy").
@@ -66,17 +71,7 @@ def clip_per_example(
         The clipped per-example gradients and the *unclipped* norms (non-finite for the
         dropped examples; :func:`dropped_count` counts them).
     """
-    norms = per_example_norms(per_example_grads)
-    finite = tf.math.is_finite(norms)
-    # min(1, C / norm); the max() guards 0/0 for all-zero gradients.
-    scale = tf.where(finite, tf.minimum(1.0, l2_clip / tf.maximum(norms, 1e-12)), 0.0)
-    clipped = []
-    for g in per_example_grads:
-        shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
-        keep = tf.reshape(finite, shape)
-        safe = tf.where(keep, g, tf.zeros_like(g))
-        clipped.append(safe * tf.cast(tf.reshape(scale, shape), g.dtype))
-    return clipped, norms
+    return clip(per_example_grads, l2_clip, "flat")
 
 
 def dropped_count(norms: tf.Tensor) -> tf.Tensor:
@@ -115,56 +110,81 @@ def add_gaussian_noise(
     return [g + generator.normal(tf.shape(g), stddev=std, dtype=g.dtype) for g in summed_grads]
 
 
-def _finite_mask(norms: tf.Tensor, g: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
-    return tf.reshape(tf.math.is_finite(norms), shape), shape
+def squared_norms(per_example_grads: Sequence[tf.Tensor]) -> List[tf.Tensor]:
+    """Each example's squared L2 norm of each variable's gradient: one ``[batch]`` per variable."""
+    return [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in per_example_grads]
 
 
-def _scale_rows(per_example_grads: Sequence[tf.Tensor], norms: tf.Tensor, scale: tf.Tensor) -> List[tf.Tensor]:
-    """Each row times its scale; rows with a non-finite norm become exactly zero."""
-    out = []
-    for g in per_example_grads:
-        keep, shape = _finite_mask(norms, g)
-        safe = tf.where(keep, g, tf.zeros_like(g))
-        out.append(safe * tf.cast(tf.reshape(tf.where(tf.math.is_finite(norms), scale, 0.0), shape), g.dtype))
-    return out
-
-
-#: ``fn(per_example_grads, bound, gamma) -> (clipped rows, unclipped global norms)``.
+#: ``fn(squared_norms, norms, bound, gamma) -> scales``: ``squared_norms`` holds one ``[batch]``
+#: tensor per variable, ``norms`` the global norms; ``scales`` is one ``[batch]`` tensor per
+#: variable (a clipped row is the gradient row times its scale). Non-finite examples are
+#: handled by :func:`clip_factors`, not by the strategy.
 CLIPPINGS: Registry = Registry("clipping")
 
 
+def _flat_scale(norms, bound):
+    # min(1, C / norm); the max() guards 0/0 for all-zero gradients.
+    return tf.minimum(tf.cast(1.0, norms.dtype), bound / tf.maximum(norms, tf.cast(1e-12, norms.dtype)))
+
+
 @CLIPPINGS.register("flat")
-def _flat(per_example_grads, bound, gamma):
+def _flat(squared, norms, bound, gamma):
     del gamma
-    return clip_per_example(per_example_grads, bound)
+    return [_flat_scale(norms, bound)] * len(squared)
 
 
 @CLIPPINGS.register("adaptive")
-def _adaptive(per_example_grads, bound, gamma):
+def _adaptive(squared, norms, bound, gamma):
     # The clipping itself is flat; what adapts is the bound (see quantile_update).
     del gamma
-    return clip_per_example(per_example_grads, bound)
+    return [_flat_scale(norms, bound)] * len(squared)
 
 
 @CLIPPINGS.register("automatic")
-def _automatic(per_example_grads, bound, gamma):
-    norms = per_example_norms(per_example_grads)
+def _automatic(squared, norms, bound, gamma):
     # C / (||g|| + gamma) * ||g|| < C for every example, including tiny ones.
-    return _scale_rows(per_example_grads, norms, bound / (norms + gamma)), norms
+    return [bound / (norms + tf.cast(gamma, norms.dtype))] * len(squared)
 
 
 @CLIPPINGS.register("per_layer")
-def _per_layer(per_example_grads, bound, gamma):
-    del gamma
-    norms = per_example_norms(per_example_grads)
+def _per_layer(squared, norms, bound, gamma):
+    del gamma, norms
     # Equal budgets C / sqrt(K): sum_k (C / sqrt(K))^2 = C^2, so the whole row stays <= C.
-    share = bound / math.sqrt(len(per_example_grads))
+    share = bound / math.sqrt(len(squared))
+    return [_flat_scale(tf.sqrt(s), share) for s in squared]
+
+
+def clip_factors(squared: Sequence[tf.Tensor], bound: "Bound", clipping: str = "flat",
+                 gamma: float = 0.01) -> Tuple[List[tf.Tensor], tf.Tensor]:
+    """Per-example scales of the registered strategy ``clipping``, from squared norms alone.
+
+    Args:
+        squared: one ``[batch]`` tensor per variable, each example's squared gradient norm
+            of that variable (:func:`squared_norms`, or ghost norms).
+
+    Returns:
+        ``(scales, norms)``: one ``[batch]`` scale per variable (exactly 0 for an example
+        whose global norm is not finite: it is dropped), and the unclipped global norms.
+    """
+    norms = tf.sqrt(tf.add_n(list(squared)))
+    bound = tf.cast(bound, norms.dtype)
+    fn: Callable = CLIPPINGS.get(clipping)
+    finite = tf.math.is_finite(norms)
+    zero = tf.zeros_like(norms)
+    return [tf.where(finite, s, zero) for s in fn(squared, norms, bound, gamma)], norms
+
+
+def scale_rows(per_example_grads: Sequence[tf.Tensor], scales: Sequence[tf.Tensor],
+               norms: tf.Tensor) -> List[tf.Tensor]:
+    """Each row times its scale; rows with a non-finite global norm become exactly zero
+    (not 0 * inf = NaN)."""
     out = []
-    for g in per_example_grads:
-        layer_norm = per_example_norms([g])
-        out.extend(_scale_rows([g], norms, tf.minimum(1.0, share / tf.maximum(layer_norm, 1e-12))))
-    return out, norms
+    for g, scale in zip(per_example_grads, scales):
+        shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
+        keep = tf.reshape(tf.math.is_finite(norms), shape)
+        safe = tf.where(keep, g, tf.zeros_like(g))
+        out.append(safe * tf.cast(tf.reshape(scale, shape), g.dtype))
+    return out
 
 
 def clip(per_example_grads: Sequence[tf.Tensor], bound: Bound, clipping: str = "flat",
@@ -175,8 +195,8 @@ def clip(per_example_grads: Sequence[tf.Tensor], bound: Bound, clipping: str = "
         The clipped rows (each row's global norm at most ``bound``) and the unclipped
         global norms (non-finite for dropped examples).
     """
-    fn: Callable = CLIPPINGS.get(clipping)
-    return fn(per_example_grads, bound, gamma)
+    scales, norms = clip_factors(squared_norms(per_example_grads), bound, clipping, gamma)
+    return scale_rows(per_example_grads, scales, norms), norms
 
 
 def privatize(

@@ -47,6 +47,16 @@ def _flat_norm(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
 
 
+def unclipped_sum(per_example_grads: Sequence[tf.Tensor], norms: tf.Tensor) -> List[tf.Tensor]:
+    """The plain sum of the per-example gradients over the examples that were not dropped."""
+    finite = tf.math.is_finite(norms)
+    out = []
+    for g in per_example_grads:
+        shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
+        out.append(tf.reduce_sum(tf.where(tf.reshape(finite, shape), g, tf.zeros_like(g)), axis=0))
+    return out
+
+
 def clipping_diagnostics(per_example_grads: Sequence[tf.Tensor], clipped_sum: Sequence[tf.Tensor],
                          norms: tf.Tensor, bound: tf.Tensor, noise_multiplier: float) -> Dict[str, tf.Tensor]:
     """This step's diagnostics (see the module docstring); all float32 scalars.
@@ -58,30 +68,38 @@ def clipping_diagnostics(per_example_grads: Sequence[tf.Tensor], clipped_sum: Se
         bound: the C this step clipped to.
         noise_multiplier: sigma.
     """
+    return sum_diagnostics(clipped_sum, unclipped_sum(per_example_grads, norms), norms, bound, noise_multiplier)
+
+
+def sum_diagnostics(clipped_sum: Sequence[tf.Tensor], unclipped: Sequence[tf.Tensor], norms: tf.Tensor,
+                    bound: tf.Tensor, noise_multiplier: float) -> Dict[str, tf.Tensor]:
+    """:func:`clipping_diagnostics` from the two sums alone (what the book-keeping path of
+    :mod:`tfdprobust.per_example` has: it never writes out per-example gradients).
+
+    Args:
+        unclipped: the plain gradient sum over the examples that were not dropped.
+    """
     finite = tf.math.is_finite(norms)
     kept = tf.boolean_mask(norms, finite)
     count = tf.cast(tf.size(kept), tf.float32)
-    clipped_fraction = tf.math.divide_no_nan(tf.reduce_sum(tf.cast(kept > bound, tf.float32)), count)
-    ordered = tf.sort(kept)
-    # The unclipped sum over the examples that were not dropped.
-    unclipped_sum = []
-    for g in per_example_grads:
-        shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
-        unclipped_sum.append(tf.reduce_sum(tf.where(tf.reshape(finite, shape), g, tf.zeros_like(g)), axis=0))
-    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(clipped_sum, unclipped_sum)])
+    bound32 = tf.cast(bound, tf.float32)
+    clipped_fraction = tf.math.divide_no_nan(
+        tf.reduce_sum(tf.cast(tf.cast(kept, tf.float32) > bound32, tf.float32)), count)
+    ordered = tf.cast(tf.sort(kept), tf.float32)
+    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(clipped_sum, unclipped)])
     clipped_norm = _flat_norm(clipped_sum)
-    cosine = tf.math.divide_no_nan(dot, clipped_norm * _flat_norm(unclipped_sum))
-    parameters = float(sum(int(np.prod(g.shape[1:])) for g in per_example_grads))
-    noise_norm = noise_multiplier * tf.cast(bound, tf.float32) * math.sqrt(parameters)
+    cosine = tf.math.divide_no_nan(dot, clipped_norm * _flat_norm(unclipped))
+    parameters = float(sum(int(np.prod(g.shape)) for g in clipped_sum))
+    noise_norm = noise_multiplier * tf.cast(bound, clipped_norm.dtype) * math.sqrt(parameters)
     snr = clipped_norm / noise_norm if noise_multiplier > 0 else tf.constant(math.inf)
     return {
         "diag_clipped_fraction": clipped_fraction,
         "diag_norm_p10": _quantile(ordered, 0.1),
         "diag_norm_p50": _quantile(ordered, 0.5),
         "diag_norm_p90": _quantile(ordered, 0.9),
-        "diag_clip_bias_cosine": cosine,
+        "diag_clip_bias_cosine": tf.cast(cosine, tf.float32),
         "diag_snr": tf.cast(snr, tf.float32),
-        "clip_bound": tf.cast(bound, tf.float32),
+        "clip_bound": bound32,
     }
 
 

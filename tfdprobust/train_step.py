@@ -22,8 +22,11 @@ callbacks and progress bars work as usual. For each batch it:
 
 Two interchangeable DP paths compute step 4 (``DPConfig.path``):
 
-* ``"vectorized"`` (default, fast): per-example gradients with ``tf.vectorized_map``
-  over single-example forward/backward passes, then :mod:`tfdprobust.clipping`.
+* ``"vectorized"`` (default, fast): book-keeping (:func:`tfdprobust.per_example.clipped_sum`):
+  one forward and one backward pass, per-layer gradient norms (ghost or materialized,
+  whichever is cheaper for the layer's shapes), the clipping strategy's per-example scales,
+  then the clipped sum from one weight-gradient op per layer. Networks the layer graph
+  walk cannot follow use ``tf.vectorized_map`` over single-example passes instead.
 * ``"tf_privacy"``: tensorflow-privacy's DP Keras optimizers (``DPKerasSGDOptimizer``
   and friends), which clip per microbatch of one example. This is the reference the
   fast path is tested against.
@@ -286,10 +289,11 @@ class PrivateRobustModel(tf.keras.Model):
         return (tf.add_n(tf.split(losses, copies)) if copies > 1 else losses), logits
 
     def per_example_gradients(self, x, x_adv, y) -> Tuple[List[tf.Tensor], tf.Tensor]:
-        """Each private example's gradient of its :meth:`example_losses` term.
+        """Each private example's gradient of its :meth:`example_losses` term, written out
+        (the train step itself never needs them: see :meth:`private_step`).
 
-        Uses the per-layer rules of :mod:`tfdprobust.per_example` when every layer has
-        one, else ``tf.vectorized_map``.
+        Uses the per-layer rules of :mod:`tfdprobust.per_example` when the network's graph
+        can be walked, else ``tf.vectorized_map``.
 
         Returns:
             ``(grads, row_logits)``; ``grads[k]`` is ``[batch, *variable_k.shape]``.
@@ -308,14 +312,29 @@ class PrivateRobustModel(tf.keras.Model):
         noisy, logits, _ = self.private_step(x, x_adv, y)
         return noisy, logits
 
+    def clipped_sum(self, x, x_adv, y):
+        """``(clipped sum, unclipped sum, unclipped norms, row logits)`` of this batch at the
+        current bound: book-keeping on the per-layer rules (:func:`per_example.clipped_sum`),
+        or ``tf.vectorized_map`` rows for a network the graph walk cannot follow."""
+        dp = self.config.dp
+        bound = self.clip_bound.read_value()
+        rows, labels, weights, copies = self.rows(x, x_adv, y)
+        if per_example.supports(self.net):
+            out = per_example.clipped_sum(self.net, rows, labels, weights, bound, copies, dp.clipping,
+                                          dp.auto_gamma, unclipped=True)
+            return out.clipped, out.unclipped, out.norms, out.logits
+        grads, logits = per_example.vectorized_map_gradients(self.net, rows, labels, weights)
+        grads = per_example.fold_rows(grads, copies)
+        clipped, norms = clipping.clip(grads, bound, dp.clipping, dp.auto_gamma)
+        return ([tf.reduce_sum(g, axis=0) for g in clipped], diagnostics.unclipped_sum(grads, norms),
+                norms, logits)
+
     def private_step(self, x, x_adv, y):
         """:meth:`private_gradients` plus this step's clipping diagnostics (a dict of scalars,
         computed on the private batch: NOT covered by epsilon, see :mod:`tfdprobust.diagnostics`)."""
         dp = self.config.dp
-        grads, logits = self.per_example_gradients(x, x_adv, y)
         bound = self.clip_bound.read_value()
-        clipped, norms = clipping.clip(grads, bound, dp.clipping, dp.auto_gamma)
-        summed = [tf.reduce_sum(g, axis=0) for g in clipped]
+        summed, unclipped, norms, logits = self.clipped_sum(x, x_adv, y)
         # Under tf.distribute each of the R replicas adds independent noise of std sigma C / sqrt(R)
         # to its own clipped sum, and the noisy sums are all-reduced: total noise std sigma C, once.
         # Without a strategy both are no-ops (share 1, sum over one replica).
@@ -323,7 +342,7 @@ class PrivateRobustModel(tf.keras.Model):
             summed, dp.noise_multiplier * distribute.noise_share(), bound, self.noise_generator))
         noisy = [g / tf.cast(self.config.expected_batch_size, g.dtype) for g in noised]
         self.dropped.update_state(tf.cast(clipping.dropped_count(norms), tf.float32))
-        diag = diagnostics.clipping_diagnostics(grads, summed, norms, bound, dp.noise_multiplier)
+        diag = diagnostics.sum_diagnostics(summed, unclipped, norms, bound, dp.noise_multiplier)
         if dp.adaptive:
             clipping.quantile_update(norms, self.clip_bound, dp.target_quantile, dp.quantile_learning_rate,
                                      self.config.count_noise_std, self.config.expected_batch_size,

@@ -1,0 +1,360 @@
+"""Ghost / book-keeping clipping: per-layer norms chosen by cost, the clipped sum from one
+weight-gradient op per layer, checked against the slowest reference there is (one
+``GradientTape`` per example, clip, sum)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdprobust import attacks, clipping, layers, per_example, randomness, sampling
+from tfdprobust.models import ModelConfig, build_model
+from tfdprobust.normalization import PublicBatchNormalization, update_public_statistics
+from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig
+
+L = tf.keras.layers
+FORCED = ("ghost", "materialized", "auto")
+
+
+@pytest.fixture
+def float64():
+    tf.keras.backend.set_floatx("float64")
+    yield
+    tf.keras.backend.set_floatx("float32")
+
+
+def _rows(n, copies, shape, seed, dtype):
+    """``copies * n`` rows (example i owns rows i, n + i, ...), labels and unequal weights."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((copies * n, *shape)).astype(dtype)
+    y = np.tile(np.arange(n) % 3, copies).astype(np.int64)
+    w = rng.uniform(0.2, 1.5, copies * n).astype(dtype)
+    return tf.constant(x), tf.constant(y), tf.constant(w)
+
+
+def _reference(net, x, y, w, copies):
+    """Each example's whole gradient (its rows' weighted losses summed), one tape per example."""
+    n = len(x) // copies
+    out = []
+    for i in range(n):
+        rows = [i + k * n for k in range(copies)]
+        with tf.GradientTape() as tape:
+            logits = net(tf.gather(x, rows), training=False)
+            loss = tf.reduce_sum(tf.gather(w, rows) * tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.gather(y, rows), logits=logits))
+        out.append([g.numpy() for g in tape.gradient(loss, net.trainable_variables)])
+    return [np.stack([g[k] for g in out]) for k in range(len(net.trainable_variables))]
+
+
+def _clipped_reference(grads, bound):
+    norms = np.sqrt(sum((g.reshape(len(g), -1) ** 2).sum(1) for g in grads))
+    scale = np.minimum(1.0, bound / np.maximum(norms, 1e-12))
+    return [np.tensordot(scale, g, axes=1) for g in grads], norms
+
+
+def _check(net, x, y, w, copies, rtol=1e-5, compiled=False):
+    """Norms and clipped sums of every method equal the reference; returns the auto methods."""
+    ref = _reference(net, x, y, w, copies)
+    ref_squared = [(g.reshape(len(g), -1) ** 2).sum(1) for g in ref]
+    bound = float(np.median(np.sqrt(sum(ref_squared))))  # about half the examples are clipped
+    ref_sum, ref_norms = _clipped_reference(ref, bound)
+    assert (ref_norms > bound).any() and (ref_norms < bound).any()
+    methods = None
+    for method in FORCED:
+        squared, _, methods = per_example.squared_norms(net, x, y, w, copies, method)
+        for s, r, v in zip(squared, ref_squared, net.trainable_variables):
+            np.testing.assert_allclose(s.numpy(), r, rtol=rtol, atol=rtol * r.max(), err_msg=f"{method} {v.name}")
+        def run(method=method):
+            out = per_example.clipped_sum(net, x, y, w, bound, copies, method=method)
+            return out.clipped, out.norms
+
+        clipped, norms = tf.function(run)() if compiled and method == "auto" else run()
+        np.testing.assert_allclose(norms.numpy(), ref_norms, rtol=rtol)
+        for s, r, v in zip(clipped, ref_sum, net.trainable_variables):
+            np.testing.assert_allclose(s.numpy(), r, rtol=rtol, atol=rtol * np.abs(r).max(), err_msg=f"{method} {v.name}")
+    return methods
+
+
+# --------------------------------------------------------------------------- every registered layer
+LAYER_CASES = {
+    "dense": lambda: [L.Flatten(), L.Dense(5, activation="tanh")],
+    "dense_no_bias": lambda: [L.Flatten(), L.Dense(5, use_bias=False)],
+    "dense_on_a_sequence": lambda: [L.Reshape((6, -1)), L.Dense(4, activation="tanh")],  # T = 6 positions
+    "conv_valid": lambda: [L.Conv2D(3, 3, activation="tanh")],
+    "conv_same_stride2_even_kernel": lambda: [L.Conv2D(3, 4, strides=2, padding="same")],
+    "conv_valid_stride2": lambda: [L.Conv2D(3, 3, strides=2)],
+    "conv_same_stride2_odd_size": lambda: [L.Conv2D(3, 3, strides=2, padding="same")],
+    "conv_valid_stride_2x1_kernel_3x2": lambda: [L.Conv2D(3, (3, 2), strides=(2, 1))],
+    "conv_same_dilated": lambda: [L.Conv2D(3, 3, dilation_rate=2, padding="same")],
+    "conv_valid_dilated_2x1": lambda: [L.Conv2D(3, 3, dilation_rate=(2, 1), use_bias=False)],
+    "conv_1x1": lambda: [L.Conv2D(3, 1)],
+    "public_bn": lambda: [L.Conv2D(4, 3), PublicBatchNormalization(), L.Activation("tanh")],
+    "group_norm": lambda: [L.Conv2D(4, 3), L.GroupNormalization(2), L.Activation("tanh")],
+    "ws_conv": lambda: [layers.WSConv2D(3, 3), L.Activation("tanh")],
+}
+
+
+def _layer_net(case, channels):
+    net = tf.keras.Sequential([tf.keras.Input((9, 9, channels)), *LAYER_CASES[case](), L.Flatten(), L.Dense(3)])
+    if any(isinstance(layer, PublicBatchNormalization) for layer in net.layers):
+        update_public_statistics(net, tf.constant(np.random.default_rng(9).random((16, 9, 9, channels))))
+    return net
+
+
+@pytest.mark.parametrize("channels", [2, 8])  # the unfolded and the per-offset convolution paths
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_every_registered_layer_ghost_materialized_and_reference_agree(float64, case, channels):
+    """float64, two copies per example (clean + adversarial rows): ghost norms = materialized
+    norms = the per-example tape, and so do the flat-clipped sums."""
+    tf.keras.utils.set_random_seed(1)
+    net = _layer_net(case, channels)
+    assert per_example.supports(net)
+    x, y, w = _rows(5, 2, (9, 9, channels), seed=2, dtype=np.float64)
+    methods = _check(net, x, y, w, copies=2)
+    assert "fallback" not in methods.values()
+
+
+def test_registered_layer_types_are_all_covered():
+    covered = {type(layer) for case in LAYER_CASES for layer in LAYER_CASES[case]()}
+    registered = set(per_example.REGISTRY._layer_class_dict.values())  # noqa: SLF001
+    assert registered <= covered
+
+
+@pytest.mark.parametrize("name,norm", [("cnn", "public_bn"), ("lenet", "group")])
+def test_sequential_models_float32(tiny_images, name, norm):
+    x_all, y_all, public = tiny_images
+    net = build_model(ModelConfig(name=name, norm=norm, activation="tanh"), seed=3)
+    if norm == "public_bn":
+        update_public_statistics(net, tf.constant(public))
+    x = tf.constant(x_all[:12])
+    y = tf.constant(y_all[:12])
+    w = tf.constant(np.r_[np.full(6, 0.5), np.full(6, 0.5)].astype(np.float32))
+    methods = _check(net, x, y, w, copies=2, compiled=True)
+    assert set(methods.values()) == {"ghost", "materialized"}
+
+
+@pytest.mark.parametrize("norm", ["group", "public_bn"])
+def test_functional_resnet20_float64(float64, norm):
+    tf.keras.utils.set_random_seed(0)
+    net = build_model(ModelConfig(name="resnet20", norm=norm, input_shape=(8, 8, 3), groups=4), seed=0)
+    if norm == "public_bn":
+        update_public_statistics(net, tf.constant(np.random.default_rng(1).random((16, 8, 8, 3))))
+    x, y, w = _rows(4, 2, (8, 8, 3), seed=4, dtype=np.float64)
+    _check(net, x, y, w, copies=2)
+
+
+def test_shared_layers_join_their_uses_in_one_norm(float64):
+    """A conv and a dense layer each used twice: an example's norm is that of the sum of
+    its per-use gradients (joined factors), not a sum of per-use norms."""
+    tf.keras.utils.set_random_seed(2)
+    inputs = tf.keras.Input((7, 7, 2))
+    conv = L.Conv2D(2, 3, padding="same", activation="tanh")
+    h = L.Add()([conv(conv(inputs)), inputs])
+    h = L.Flatten()(h)
+    dense = L.Dense(h.shape[-1], activation="tanh")
+    h = L.Concatenate()([dense(dense(h)), h])
+    net = tf.keras.Model(inputs, L.Dense(3)(h))
+    x, y, w = _rows(4, 2, (7, 7, 2), seed=5, dtype=np.float64)
+    _check(net, x, y, w, copies=2)
+
+
+# --------------------------------------------------------------------------- the cost chooser
+def test_the_cost_chooser_takes_the_cheaper_computed_cost():
+    early = (32 * 32, 3 * 3 * 16, 16)   # many positions, few channels (ResNet-20 stage 1)
+    late = (2 * 2, 3 * 3 * 256, 256)    # few positions, many channels
+    dense = (1, 800, 500)               # LeNet's hidden dense layer
+    for dims in (early, late, dense):
+        for sums in (1, 2):
+            costs = per_example.norm_costs(*dims, sums=sums)
+            assert per_example.choose_method(*dims, sums=sums) == min(costs, key=costs.get)
+    assert per_example.norm_costs(*early)["materialized"] < per_example.norm_costs(*early)["ghost"]
+    assert per_example.norm_costs(*late)["ghost"] < per_example.norm_costs(*late)["materialized"]
+    assert per_example.norm_costs(*dense)["ghost"] < per_example.norm_costs(*dense)["materialized"]
+    assert per_example.choose_method(None, 10, 10) == "materialized"  # unknown T: never guess
+
+
+def test_lenet_layers_get_the_method_of_their_computed_costs(tiny_images):
+    x, y, _ = tiny_images
+    net = build_model(ModelConfig(name="lenet", norm="none"), seed=0)
+    _, _, methods = per_example.squared_norms(net, tf.constant(x[:2]), tf.constant(y[:2]), tf.ones([2]))
+    for layer in net.layers:
+        if not layer.trainable_weights:
+            continue
+        kernel = layer.kernel
+        positions = int(np.prod(layer.output_shape[1:-1])) if isinstance(layer, L.Conv2D) else 1
+        d, p = int(np.prod(kernel.shape[:-1])), int(kernel.shape[-1])
+        assert methods[kernel.name] == per_example.choose_method(positions, d, p), layer.name
+    assert {methods[v.name] for v in net.trainable_variables if "kernel" in v.name} == {"ghost", "materialized"}
+
+
+# --------------------------------------------------------------------------- per-layer fallback
+def test_grouped_conv_falls_back_per_layer_and_gives_the_reference_sum(tiny_images):
+    tf.keras.utils.set_random_seed(3)
+    net = tf.keras.Sequential([tf.keras.Input((8, 8, 4)), L.Conv2D(4, 3, groups=2, activation="tanh"),
+                               L.Conv2D(3, 3), L.Flatten(), L.Dense(3)])
+    assert per_example.supports(net) and per_example.rule_for(net.layers[0]) is None
+    x, y, w = _rows(5, 2, (8, 8, 4), seed=6, dtype=np.float32)
+    methods = _check(net, x, y, w, copies=2, rtol=2e-5, compiled=True)
+    assert methods[net.layers[0].kernel.name] == "fallback"
+    assert methods[net.layers[1].kernel.name] != "fallback"  # the rest keeps its rules
+    # and the whole private step runs compiled
+    model = PrivateRobustModel(net, TrainConfig(expected_batch_size=5, attack=None,
+                                                dp=DPConfig(noise_multiplier=0.0)))
+    model.compile()
+    history = model.fit(x[:5], y[:5], batch_size=5, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+def test_depthwise_conv_falls_back_per_layer(float64):
+    tf.keras.utils.set_random_seed(4)
+    net = tf.keras.Sequential([tf.keras.Input((7, 7, 3)), L.DepthwiseConv2D(3, activation="tanh"),
+                               L.Conv2D(2, 3), L.Flatten(), L.Dense(3)])
+    x, y, w = _rows(4, 1, (7, 7, 3), seed=7, dtype=np.float64)
+    methods = _check(net, x, y, w, copies=1)
+    assert methods[net.layers[0].depthwise_kernel.name] == "fallback"
+
+
+def test_what_the_walk_cannot_follow_is_not_accepted():
+    """``supports`` is false for a rule-less layer with two inputs (it could not take the
+    per-layer fallback); the train step then takes the whole-network vectorized path."""
+
+    @per_example.register_per_example_layer
+    class Bilinear(L.Layer):
+        def build(self, shapes):
+            self.w = self.add_weight(name="w", shape=(shapes[0][-1], shapes[1][-1]))
+
+        def call(self, inputs):
+            a, b = inputs
+            return tf.reduce_sum(tf.matmul(a, self.w) * b, axis=-1, keepdims=True) + a
+
+    inputs = tf.keras.Input((4,))
+    h = L.Dense(4)(inputs)
+    net = tf.keras.Model(inputs, L.Dense(3)(Bilinear()([h, inputs])))
+    assert not per_example.supports(net)
+    model = PrivateRobustModel(net, TrainConfig(expected_batch_size=4, attack=None))
+    model.compile()
+    x = np.random.default_rng(0).random((8, 4), np.float32)
+    history = model.fit(x, np.arange(8) % 3, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+# --------------------------------------------------------------------------- strategies, drops, tf-privacy
+@pytest.mark.parametrize("strategy", ["flat", "per_layer", "automatic", "adaptive"])
+def test_every_clipping_strategy_equals_the_rows_path(tiny_images, strategy):
+    x, y, _ = tiny_images
+    x, y, w = tf.constant(x[:8]), tf.constant(y[:8]), tf.ones([8])
+    net = build_model(ModelConfig(name="lenet", norm="group"), seed=1)
+    grads, _ = per_example.per_example_gradients(net, x, y, w)
+    rows, norms = clipping.clip(grads, 0.5, strategy, 0.01)
+    out = per_example.clipped_sum(net, x, y, w, 0.5, clipping_name=strategy, gamma=0.01)
+    np.testing.assert_allclose(out.norms.numpy(), norms.numpy(), rtol=1e-5)
+    for s, r in zip(out.clipped, rows):
+        np.testing.assert_allclose(s.numpy(), r.numpy().sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_example_adds_exactly_nothing_on_both_paths(tiny_images):
+    """Example 2 has a NaN pixel: it is dropped, from the ghost (dense) and the materialized
+    (conv) layers alike, and the rest sum as if it were absent."""
+    x_all, y_all, _ = tiny_images
+    x = x_all[:6].copy()
+    x[2, 3, 3, 0] = np.nan
+    net = build_model(ModelConfig(name="lenet", norm="none"), seed=2)
+    keep = [0, 1, 3, 4, 5]
+
+    @tf.function
+    def run(a, b):
+        out = per_example.clipped_sum(net, a, b, tf.ones([tf.shape(b)[0]]), 0.1, unclipped=True)
+        return out.clipped + out.unclipped, out.norms
+
+    sums, norms = run(tf.constant(x), tf.constant(y_all[:6]))
+    rest, _ = run(tf.constant(x[keep]), tf.constant(y_all[:6][keep]))
+    assert int(clipping.dropped_count(norms)) == 1
+    _, _, methods = per_example.squared_norms(net, tf.constant(x[:1]), tf.constant(y_all[:1]), tf.ones([1]))
+    assert set(methods.values()) == {"ghost", "materialized"}
+    for a, b in zip(sums, rest):
+        assert np.all(np.isfinite(a.numpy()))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_an_empty_batch_gives_zero_sums_compiled(tiny_images):
+    net = build_model(ModelConfig(name="cnn", norm="group"), seed=0)
+
+    @tf.function
+    def run(a, b):
+        out = per_example.clipped_sum(net, a, b, tf.ones([tf.shape(b)[0]]), 1.0, copies=2, unclipped=True)
+        return out.clipped + out.unclipped, out.norms
+
+    sums, norms = run(tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64))
+    assert norms.shape == (0,)
+    assert all(float(tf.reduce_max(tf.abs(s))) == 0.0 for s in sums)
+
+
+def test_the_registry_is_a_tensorflow_privacy_layer_registry(tiny_images):
+    """tensorflow-privacy's own ghost-norm driver, given our registry, gets our norms on a
+    convolutional network (its default registry has no Conv2D)."""
+    from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads
+    from tensorflow_privacy.privacy.fast_gradient_clipping.layer_registry import LayerRegistry
+
+    assert isinstance(per_example.REGISTRY, LayerRegistry)
+    x, y, _ = tiny_images
+    x, y = tf.constant(x[:6]), tf.constant(y[:6])
+    net = build_model(ModelConfig(name="lenet", norm="group"), seed=4)
+
+    def loss_fn(labels, logits, weights):
+        del weights
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    theirs = clip_grads.compute_gradient_norms(net, per_example.REGISTRY, x, y, per_example_loss_fn=loss_fn)
+    squared, _, _ = per_example.squared_norms(net, x, y, tf.ones([6]))
+    np.testing.assert_allclose(theirs.numpy(), np.sqrt(sum(s.numpy() for s in squared)), rtol=1e-5)
+    grouped = L.Conv2D(4, 3, groups=2)
+    grouped.build((None, 6, 6, 4))
+    assert not per_example.REGISTRY.is_elem(grouped)
+
+
+# --------------------------------------------------------------------------- the step in the graph
+class _CountingModel(PrivateRobustModel):
+    """Counts Python executions of the step and of the attack (each is a trace when compiled)
+    and records every step's batch size from inside the graph."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traces = {"train_step": 0, "adversarial": 0}
+        self.eager_attack = []
+        self.sizes = tf.Variable(tf.fill([16], -1), trainable=False)
+        self.calls = tf.Variable(0, trainable=False)
+
+    def train_step(self, data):
+        self.traces["train_step"] += 1
+        self.sizes.scatter_nd_update([[self.calls]], [tf.shape(data[0])[0]])
+        self.calls.assign_add(1)
+        return super().train_step(data)
+
+    def adversarial(self, x, y):
+        self.traces["adversarial"] += 1
+        self.eager_attack.append(tf.executing_eagerly())
+        return super().adversarial(x, y)
+
+
+def test_poisson_batches_of_varying_size_do_not_retrace_and_the_attack_is_compiled_in(tiny_images):
+    """Poisson sampling (the secret mask drawn inside tf.data) gives batches of varying size;
+    the compiled step is traced once (Keras compiles it with reduce_retracing, and the
+    dataset's batch axis is unknown) and the PGD attack runs inside it, never eagerly."""
+    x, y, _ = tiny_images
+    sampler = sampling.PoissonSampler(len(x), 8)
+    dataset = sampler.dataset(x, y, randomness.noise_generator(insecure_seed=0))
+    assert dataset.element_spec[0].shape[0] is None
+    cfg = TrainConfig(expected_batch_size=8, dp=DPConfig(noise_multiplier=1.0),
+                      attack=attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2))
+    model = _CountingModel(build_model(ModelConfig(norm="group"), seed=0), cfg)
+    model.compile()
+    model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
+    # The first call may trace twice (tf.function lifts the variables it creates, e.g. the
+    # optimizer's); what matters is that later batches of other sizes add no trace.
+    first = dict(model.traces)
+    first_count = model.train_function.experimental_get_tracing_count()
+    model.fit(dataset, steps_per_epoch=10, epochs=1, verbose=0)
+    sizes = model.sizes.numpy()[:11]
+    assert len(set(sizes.tolist())) > 2, sizes  # the sizes really varied
+    assert model.traces == first and first["train_step"] <= 2, model.traces
+    assert model.train_function.experimental_get_tracing_count() == first_count
+    assert first["adversarial"] == first["train_step"] and not any(model.eager_attack)
