@@ -41,7 +41,7 @@ def _reference(net, x, y, w, copies):
             logits = net(tf.gather(x, rows), training=False)
             loss = tf.reduce_sum(tf.gather(w, rows) * tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.gather(y, rows), logits=logits))
-        out.append([g.numpy() for g in tape.gradient(loss, net.trainable_variables)])
+        out.append([tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, net.trainable_variables)])
     return [np.stack([g[k] for g in out]) for k in range(len(net.trainable_variables))]
 
 
@@ -211,6 +211,32 @@ def test_depthwise_conv_falls_back_per_layer(float64):
     x, y, w = _rows(4, 1, (7, 7, 3), seed=7, dtype=np.float64)
     methods = _check(net, x, y, w, copies=1)
     assert methods[net.layers[0].depthwise_kernel.name] == "fallback"
+
+
+RULE_LESS = {  # every trainable per-example layer the safety list admits without a rule
+    "conv1d": ((9, 3), lambda: [L.Conv1D(2, 3)]),
+    "grouped_conv1d": ((9, 4), lambda: [L.Conv1D(4, 3, groups=2)]),
+    "conv3d": ((4, 4, 4, 2), lambda: [L.Conv3D(2, 2)]),
+    "depthwise": ((6, 6, 2), lambda: [L.DepthwiseConv2D(3)]),
+    "separable": ((6, 6, 2), lambda: [L.SeparableConv2D(3, 3)]),
+    "transpose": ((5, 5, 2), lambda: [L.Conv2DTranspose(2, 3, strides=2)]),
+    "layer_norm": ((6, 4), lambda: [L.LayerNormalization()]),
+    "einsum_dense": ((6, 4), lambda: [L.EinsumDense("btd,de->bte", output_shape=(6, 3), bias_axes="e")]),
+    "embedding": ((5,), lambda: [L.Lambda(lambda t: tf.cast(tf.abs(t) * 7, tf.int32) % 7), L.Embedding(7, 3)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RULE_LESS))
+def test_every_admitted_rule_less_layer_takes_the_fallback_compiled(float64, case):
+    """``supports`` accepts these networks, so the compiled book-keeping step must trace and
+    give the reference clipped sum (the rule-less layer alone on the exact fallback)."""
+    shape, make = RULE_LESS[case]
+    tf.keras.utils.set_random_seed(6)
+    net = tf.keras.Sequential([tf.keras.Input(shape), *make(), L.Flatten(), L.Dense(3)])
+    assert per_example.supports(net)
+    x, y, w = _rows(4, 2, shape, seed=8, dtype=np.float64)
+    methods = _check(net, x, y, w, copies=2, compiled=True)
+    assert "fallback" in methods.values()
 
 
 def test_what_the_walk_cannot_follow_is_not_accepted():

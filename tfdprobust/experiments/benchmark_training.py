@@ -142,7 +142,10 @@ def measure(case: str, mode: str, examples: int, min_steps: int, warmup_steps: i
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"case": case, "mode": mode, "steps": steps, "cpu_seconds": cpu, "wall_seconds": wall,
+    import tfdprobust
+
+    return {"case": case, "mode": mode, "code": os.path.dirname(os.path.dirname(tfdprobust.__file__)),
+            "steps": steps, "cpu_seconds": cpu, "wall_seconds": wall,
             "examples_per_cpu_second": steps * batch / cpu, "examples_per_second": steps * batch / wall,
             "peak_rss_mb": peak, "extra_training_mb": peak - before_training}
 
@@ -153,9 +156,11 @@ def _subprocess(case: str, mode: str, code_root: str, log=print) -> dict:
     argv = [script, f"--only={case}@{mode}", f"--examples={FLAGS.examples}", f"--min_steps={FLAGS.min_steps}",
             f"--warmup_steps={FLAGS.warmup_steps}", f"--pgd_steps={FLAGS.pgd_steps}", f"--threads={FLAGS.threads}"]
     # runpy, not `python script.py`: the script's own folder must not land on sys.path, and
-    # the tfdprobust package must come from code_root (the baseline checkout for dp_before).
+    # the tfdprobust package must come from code_root (the baseline checkout for dp_before);
+    # `python -c` puts the working directory first on sys.path, hence cwd=code_root.
     runner = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path({script!r}, run_name='__main__')"
-    proc = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, check=False, env=env)
+    proc = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, check=False, env=env,
+                          cwd=code_root)
     if proc.returncode != 0:
         raise RuntimeError(f"{case} {mode} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -173,6 +178,8 @@ def run_all(cases, modes, repeats: int, baseline_repeats: int, baseline_code, lo
                 code = baseline_code if mode == "dp_before" else here
                 log(f"[round {round_ + 1}/{repeats}] {case} {mode} ...")
                 r = _subprocess(case, mode, code)
+                if os.path.realpath(r["code"]) != os.path.realpath(code):
+                    raise RuntimeError(f"{case} {mode} imported tfdprobust from {r['code']}, not {code}")
                 runs[(case, mode)].append(r)
                 log(f"    {r['examples_per_cpu_second']:,.0f} ex/CPU-s ({r['cpu_seconds']:.1f} CPU-s, "
                     f"{r['wall_seconds']:.1f} s wall), extra memory {r['extra_training_mb']:,.0f} MB")
