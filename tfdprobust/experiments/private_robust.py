@@ -335,7 +335,8 @@ def write_figures(out: str, results, searches) -> None:
 
     if searches:
         opts = list(searches)
-        fig, axes = plt.subplots(2, len(opts), figsize=(3.6 * len(opts) + 1, 6.4), squeeze=False)
+        fig, axes = plt.subplots(2, len(opts), figsize=(3.8 * len(opts) + 2, 7.6), squeeze=False,
+                                 gridspec_kw={"hspace": 0.45})
         for j, opt in enumerate(opts):
             rows = [r for r in searches[opt]["trials"] if r["dp"]]
             clips = sorted({r["l2_clip"] for r in rows})
