@@ -486,7 +486,7 @@ EXPERIMENTS = [
          "must be >= 1"),
     case("train_foreign_cnn-out-not-keras", "tfdprobust.experiments.train_foreign_cnn --out={tmp}/model.h5",
          "--out", ".keras"),
-    case("benchmark_training-steps-zero", "tfdprobust.experiments.benchmark_training --steps=0", "--steps",
+    case("benchmark_training-examples-zero", "tfdprobust.experiments.benchmark_training --examples=0", "--examples",
          "must be >= 1"),
     case("benchmark_training-out-under-a-file", "tfdprobust.experiments.benchmark_training --out={tmp}/a_file/b",
          "--out", "choose a writable --out"),

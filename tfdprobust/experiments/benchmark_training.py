@@ -245,8 +245,8 @@ def main(argv):
     del argv
     from tfdprobust import flagcheck
 
-    flagcheck.ranges(FLAGS, {"batch_size": ">=1", "steps": ">=1", "tf_privacy_steps": ">=1", "pgd_steps": ">=0",
-                             "repeats": ">=1"})
+    flagcheck.ranges(FLAGS, {"examples": ">=1", "min_steps": ">=1", "warmup_steps": ">=0", "pgd_steps": ">=0",
+                             "repeats": ">=1", "baseline_repeats": ">=1", "threads": ">=1"})
     flagcheck.writable_dir(FLAGS.out, "--out")
     if FLAGS.only:
         case, mode = FLAGS.only.split("@")
