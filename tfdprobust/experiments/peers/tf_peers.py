@@ -9,8 +9,14 @@ from tfdprobust.experiments.peers import common
 def _tf():
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        # TensorFlow was already initialized in this process (a test that measures in-process
+        # after other tests): the thread pools are fixed. The benchmark runner always measures
+        # in a fresh one-thread process, where this never happens.
+        pass
     return tf
 
 
