@@ -48,7 +48,8 @@ def test_pareto_front_matches_brute_force():
     """The front helper agrees with a direct dominance check on random points."""
     import numpy as np
 
-    from tfdprobust.experiments.private_robust import pareto_front
+    # common.py defines no absl flags, so this import is safe after other entry points' flags
+    from tfdprobust.experiments.common import pareto_front
 
     rng = np.random.default_rng(0)
     pts = [tuple(p) for p in rng.random((60, 2)).round(2)]

@@ -201,6 +201,16 @@ def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int 
     return out
 
 
+def pareto_front(points: Sequence[Sequence[float]]) -> List[int]:
+    """Indices of the points no other point beats in both coordinates (e.g. natural and
+    robust accuracy): the Pareto front of seed 001's Fig. 6."""
+    front = []
+    for i, (a, b) in enumerate(points):
+        if not any((c >= a and d >= b) and (c > a or d > b) for c, d in points):
+            front.append(i)
+    return front
+
+
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if v.size == 0:

@@ -263,15 +263,6 @@ def _at(sweep, eps):
     return sweep["accuracy"][i]
 
 
-def pareto_front(points):
-    """Indices of the points no other point beats in both coordinates (natural, robust)."""
-    front = []
-    for i, (a, b) in enumerate(points):
-        if not any((c >= a and d >= b) and (c > a or d > b) for c, d in points):
-            front.append(i)
-    return front
-
-
 def write_tables(out: str, results) -> None:
     from tfdprobust.experiments import common
 
@@ -375,6 +366,8 @@ def write_figures(out: str, results, searches) -> None:
             ax.plot(nat, rob, label=lab, **style)
             points += list(zip(nat, rob))
             owners += [r["dp"]] * len(nat)
+        from tfdprobust.experiments.common import pareto_front
+
         front = pareto_front(points)
         fx = sorted((points[i] for i in front))
         ax.plot([p[0] for p in fx], [p[1] for p in fx], "k--", lw=1, label="Pareto front (all points)")
