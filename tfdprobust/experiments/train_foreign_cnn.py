@@ -36,10 +36,10 @@ def main(argv):
     tf.keras.utils.set_random_seed(FLAGS.seed)
     model = tf.keras.Sequential([
         tf.keras.Input((28, 28, 1)),
-        tf.keras.layers.Conv2D(32, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
-        tf.keras.layers.Conv2D(64, 3, activation="relu"),
-        tf.keras.layers.MaxPooling2D(),
+        # Strided rather than pooled: the same widths at about 1/3 of the multiply-adds,
+        # because the AutoAttack comparison runs thousands of passes per image.
+        tf.keras.layers.Conv2D(32, 3, strides=2, activation="relu"),
+        tf.keras.layers.Conv2D(64, 3, strides=2, activation="relu"),
         tf.keras.layers.Flatten(),
         tf.keras.layers.Dense(128, activation="relu"),
         tf.keras.layers.Dense(10),
