@@ -136,11 +136,12 @@ def list_choices(fv, name: str, choices: Sequence[str]) -> None:
         require(value in choices, f"--{name}: {value!r} is unknown; choose from {', '.join(choices)}")
 
 
-def list_numbers(fv, name: str, rule: str, kind: type = float) -> None:
+def list_numbers(fv, name: str, rule: str, kind: type = float, allow_empty: bool = False) -> None:
     """Every entry of the list flag ``--name`` is a number of ``kind`` that obeys ``rule``
-    (see :func:`ranges`); the list is not empty."""
-    values = fv[name].value or []
-    require(values, f"--{name} is empty; give comma-separated values")
+    (see :func:`ranges`); the list is not empty unless ``allow_empty`` (``--name=`` then
+    means "none", e.g. no l2 radii)."""
+    values = [v for v in (fv[name].value or []) if v.strip()]
+    require(values or allow_empty, f"--{name} is empty; give comma-separated values")
     for v in values:
         try:
             number = kind(v)

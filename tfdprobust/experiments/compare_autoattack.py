@@ -85,6 +85,7 @@ def _write(rows, source):
 def check_flags():
     """Every check that needs neither TensorFlow nor data (before the long run starts)."""
     from tfdprobust import data, flagcheck as fc
+    from tfdprobust.errors import require
     from tfdprobust.evaluate.models import check_model_path
 
     for path in FLAGS.model:
@@ -93,8 +94,11 @@ def check_flags():
     fc.choice(FLAGS, "preset", fc.registered_names("tfdprobust.ensemble", "PRESETS"))
     fc.existing_dir(FLAGS.data_dir, "--data_dir", "the raw test files")
     fc.ranges(FLAGS, {"num_examples": ">=1", "art_restarts": ">=1", "art_square_queries": ">=1", "seed": ">=0"})
-    fc.list_numbers(FLAGS, "eps_linf", "(0,1]")
-    fc.list_numbers(FLAGS, "eps_l2", ">0")
+    # One norm may be left out (--eps_l2= re-checks an l_inf-only claim), not both.
+    fc.list_numbers(FLAGS, "eps_linf", "(0,1]", allow_empty=True)
+    fc.list_numbers(FLAGS, "eps_l2", ">0", allow_empty=True)
+    require(any(e.strip() for e in (FLAGS.eps_linf or []) + (FLAGS.eps_l2 or [])),
+               "--eps_linf and --eps_l2 are both empty; give radii for at least one norm")
     if FLAGS.out:
         fc.writable_parent(FLAGS.out, "--out")
 
