@@ -34,7 +34,7 @@ Example:
 
 import dataclasses
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +44,8 @@ from tfdprobust.attacks.apgd import apgd_dynamic, checkpoint_schedule
 from tfdprobust.attacks.fab import fab_targeted_dynamic
 from tfdprobust.errors import require
 from tfdprobust.registry import Registry
+# The result types live in their own module; re-exported here, where callers look for them.
+from tfdprobust.robust_result import EpsResult, RobustAccuracy, clopper_pearson  # noqa: F401
 
 NORMS = ("linf", "l2")
 
@@ -335,103 +337,6 @@ PRESETS.register("standard")(Preset("standard", (
     EnsembleAttack("fab-t", steps=100, targets=9), EnsembleAttack("square", queries=5000)),
     "AutoAttack's standard version: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries)"))
 
-
-
-# ----------------------------------------------------------------------------- result
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> Tuple[float, float]:
-    """Exact binomial confidence interval for an accuracy of ``k`` out of ``n``.
-
-    Example:
-        >>> lo, hi = clopper_pearson(50, 100)
-        >>> round(lo, 3), round(hi, 3)
-        (0.398, 0.602)
-    """
-    from scipy.stats import beta
-
-    if n == 0:
-        return 0.0, 1.0
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
-
-
-@dataclasses.dataclass(frozen=True)
-class EpsResult:
-    """Robust accuracy at one eps.
-
-    Attributes:
-        eps: radius.
-        correct: per example, robust against every attack that ran (bool array).
-        after_each: ``(attack, accuracy)`` in order, starting with ``clean`` (and, for
-            eps after the first, ``smaller eps``: the points already broken there).
-    """
-
-    eps: float
-    correct: np.ndarray
-    after_each: Tuple[Tuple[str, float], ...]
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.mean(self.correct)) if len(self.correct) else 0.0
-
-    @property
-    def ci95(self) -> Tuple[float, float]:
-        return clopper_pearson(int(np.sum(self.correct)), len(self.correct))
-
-
-@dataclasses.dataclass(frozen=True)
-class RobustAccuracy:
-    """What :func:`robust_accuracy` returns. ``results`` is sorted by eps."""
-
-    preset: str
-    norm: str
-    clean_accuracy: float
-    results: Tuple[EpsResult, ...]
-    seconds: float
-
-    def at(self, eps: float) -> EpsResult:
-        for r in self.results:
-            if math.isclose(r.eps, eps, rel_tol=1e-9, abs_tol=1e-12):
-                return r
-        raise KeyError(f"eps={eps} was not evaluated; have {[r.eps for r in self.results]}")
-
-    def accuracy(self, eps: float) -> float:
-        """Robust accuracy at ``eps``."""
-        return self.at(eps).accuracy
-
-    def ci95(self, eps: float) -> Tuple[float, float]:
-        """95% Clopper-Pearson interval of the robust accuracy at ``eps``."""
-        return self.at(eps).ci95
-
-    def fold(self, eps: float, attack: str, correct: np.ndarray) -> "RobustAccuracy":
-        """Folds another attack's per-example result (e.g. SPSA or Square from the sanity
-        checks) into the per-example minimum at ``eps`` and every larger eps."""
-        correct = np.asarray(correct, bool)
-        out = []
-        for r in self.results:
-            if r.eps >= eps - 1e-12:
-                new = r.correct & correct
-                out.append(EpsResult(r.eps, new, r.after_each + ((attack, float(np.mean(new))),)))
-            else:
-                out.append(r)
-        return dataclasses.replace(self, results=tuple(out))
-
-    def to_dict(self) -> Dict:
-        return {
-            "preset": self.preset, "norm": self.norm, "clean_accuracy": self.clean_accuracy,
-            "seconds": self.seconds, "n": len(self.results[0].correct) if self.results else 0,
-            "eps": [r.eps for r in self.results],
-            "robust_accuracy": [r.accuracy for r in self.results],
-            "ci95": [list(r.ci95) for r in self.results],
-            "after_each": [[{"attack": a, "accuracy": v} for a, v in r.after_each] for r in self.results],
-        }
-
-    def summary(self) -> str:
-        """One line per eps, e.g. ``linf eps=0.1: 0.512 [0.468, 0.556] (quick)``."""
-        return "\n".join(
-            f"{self.norm} eps={r.eps:g}: {r.accuracy:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}] ({self.preset}: "
-            + ", ".join(f"{a} {v:.3f}" for a, v in r.after_each) + ")" for r in self.results)
 
 
 def robust_accuracy(model_fn: Callable, x, y, preset="quick", norm: str = "linf",
