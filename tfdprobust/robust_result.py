@@ -20,14 +20,13 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> Tuple[float, float]:
         >>> round(lo, 3), round(hi, 3)
         (0.398, 0.602)
     """
-    from scipy.stats import beta
+    # The audit's vectorized one-sided bounds, each at (1 - level) / 2: one formula in the project.
+    from tfdprobust.audit.bounds import clopper_pearson as one_sided_bounds
 
     if n == 0:
         return 0.0, 1.0
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
+    lo, hi = one_sided_bounds(k, n, (1 - level) / 2)
+    return float(lo), float(hi)
 
 
 @dataclasses.dataclass(frozen=True)
