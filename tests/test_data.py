@@ -121,3 +121,18 @@ def test_another_datasets_files_are_refused_by_name(tmp_path, shared_data):
 def test_several_data_dirs_are_searched_in_order(offline, shared_data, tmp_path):
     exp = data.load_experiment_data(DataConfig(data_dir=f"{tmp_path},{shared_data}"), log=lambda m: None)
     assert exp.public.name == "kmnist" and len(exp.test) == 10000
+
+
+def test_a_folder_named_for_another_dataset_is_not_read_as_this_one(tmp_path, shared_data):
+    """MNIST and Fashion-MNIST share IDX names: files directly in ``fashion-mnist/`` (Debian's
+    /usr/share/datasets/fashion-mnist) must never load as MNIST; in a neutral folder they do."""
+    import shutil
+
+    for folder in ("fashion-mnist", "raw"):
+        os.makedirs(tmp_path / folder)
+        for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            shutil.copy(os.path.join(shared_data, "mnist", name), tmp_path / folder / name)
+    assert data.load_raw("mnist", "test", str(tmp_path / "fashion-mnist")) is None
+    assert len(data.load_raw("mnist", "test", str(tmp_path / "raw"))) == 10000
+    # a subfolder named for the data set still wins, wherever it sits
+    assert len(data.load_raw("mnist", "test", f"{tmp_path / 'fashion-mnist'},{shared_data}")) == 10000

@@ -137,7 +137,9 @@ def test_exported_winner_gets_the_standard_preset_and_the_masking_checks(search)
     cfg, out, lines = search
     (path,) = out["exported"]
     meta = strict_load(path + ".json")
-    assert meta["robust_preset"] == "standard" and meta["robust_examples"] == 30
+    steps, restarts = cfg.run.eval_attack.steps, cfg.run.eval_attack.restarts
+    assert meta["robust_preset"] == f"standard(steps={steps},restarts={restarts})"  # --eval_steps reaches it
+    assert meta["robust_examples"] == 30
     names = [s["attack"] for s in meta["robust_after_each"]]
     assert names[:6] == ["clean", "eps 0", "apgd-ce", "apgd-t(9)", "fab-t(9)", "square"]
     assert [c["name"] for c in meta["sanity_checks"]] == list(sanity.CHECK_NAMES)
@@ -147,7 +149,8 @@ def test_exported_winner_gets_the_standard_preset_and_the_masking_checks(search)
     lo, hi = meta["robust_ci95"]
     assert lo <= meta["robust_accuracy"] <= hi
     text = "\n".join(lines)
-    assert "test robust acc   : " in text and "standard ensemble: clean" in text and "masking checks    : " in text
+    assert "test robust acc   : " in text and f"standard(steps={steps},restarts={restarts}) ensemble: clean" in text
+    assert "masking checks    : " in text
     # Independent check on the exported SavedModel and the same 30 test images: the
     # standard number is no higher than CleverHans PGD-40's, up to one image.
     sd = load_search_data(cfg, log=lambda m: None)

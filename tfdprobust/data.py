@@ -112,8 +112,18 @@ def data_dirs(data_dir: str) -> Tuple[str, ...]:
     return tuple(d for d in (part.strip() for part in data_dir.split(",")) if d)
 
 
+def _named_for_other(folder: str, dataset: str) -> bool:
+    """Whether ``folder``'s own name is another data set's (``fashion-mnist`` for ``mnist``)."""
+    name = os.path.basename(os.path.normpath(folder)).lower().replace("-", "_")
+    return name in TFDS_DATASETS and name != dataset
+
+
 def _find(data_dir: str, sub: str, names: Tuple[str, ...]) -> Optional[str]:
-    folders = [f for d in data_dirs(data_dir) for f in (os.path.join(d, sub), d)]
+    # Files directly in a folder count too, unless the folder is named for another data
+    # set: MNIST and Fashion-MNIST share their IDX file names, and Debian's
+    # /usr/share/datasets/fashion-mnist must never be read as MNIST.
+    folders = [f for d in data_dirs(data_dir) for f in (os.path.join(d, sub), d)
+               if f != d or not _named_for_other(d, sub)]
     for folder in folders:
         for name in names:
             path = os.path.join(folder, name)

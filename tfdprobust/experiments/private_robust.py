@@ -28,6 +28,7 @@ composition of library calls:
 the wall times.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -149,7 +150,6 @@ def load_searches(out: str, optimizers):
     """Each search's ``search_results.json``, with its non-DP references (``references.csv``,
     exact validation figures, outside the guarantee) as rows with ``dp: False``."""
     import csv
-    import json
     searches = {}
     for opt in optimizers:
         path = os.path.join(out, opt, "search_results.json")
@@ -281,6 +281,7 @@ def write_tables(out: str, results) -> None:
              f"(the paper's Table 1; sizes scaled from CIFAR-10's 2/255..16/255 to [0, 1] grey images). "
              f"DP-{results['table_optimizer']}, one epoch, batch {FLAGS.batch_size}; R and eta picked on noisy "
              f"validation counts at epsilon={FLAGS.target_epsilon:g} and reused at every epsilon.", "",
+             *_guarantee_lines(results),
              "| model | " + " | ".join(f"gamma={e:g}" for e in linf) + " |", "|---" * (len(linf) + 1) + "|"]
     for r in runs:
         s = sweeps[r["name"]]["pgd_linf"]
@@ -296,6 +297,7 @@ def write_tables(out: str, results) -> None:
              f"Every attack on the same {FLAGS.eval_examples} test images (the paper's Table 2; it attacks the "
              "robust picks). The standard ensemble is APGD-CE, APGD-T and Square (tfdprobust.ensemble), "
              "per-example minimum over its attacks.", "",
+             *_guarantee_lines(results),
              "| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for r in runs:
         s, en = sweeps[r["name"]], ens[r["name"]]
@@ -383,11 +385,17 @@ def write_figures(out: str, results, searches) -> None:
         results["pareto_front"] = {"points": len(points), "front": len(front), "front_dp": int(n_dp)}
 
 
+def _guarantee_lines(results):
+    g = results.get("guarantee")
+    return [f"Guarantee: {g['statement']}.", ""] if g else []
+
+
 def write_landscape_table(out: str, results, searches) -> None:
     lines = [f"Command: `{results['command']}`", "",
              f"Every DP trial: epsilon={FLAGS.target_epsilon:g} at delta={FLAGS.delta:g} "
              f"(sigma={results['sigma']:.4g}, N={results['num_train_examples']}); scores are noisy validation counts "
              f"on {FLAGS.validation_examples} held-out training images.", "",
+             *_guarantee_lines(results),
              "| optimizer | best natural (R, eta) | natural | its robust | best robust (R, eta) | robust | its natural |",
              "|---|---|---|---|---|---|---|"]
     for opt, s in searches.items():
@@ -403,10 +411,50 @@ def write_landscape_table(out: str, results, searches) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def experiment_guarantee(out: str, runs) -> dict:
+    """Epsilon of everything this folder publishes about the private data: every ledger
+    line of its searches (DP trainings and noisy validation counts, on every data set the
+    folder's ledgers name) composed with every DP table run, which retrains an (R, eta)
+    those searches chose. Each table run's own epsilon is the guarantee of its model alone."""
+    import glob
+
+    import dp_accounting
+
+    from tfdprobust import accounting
+    from tfdprobust.tuning import privacy
+
+    entries = []
+    for path in sorted(glob.glob(os.path.join(out, privacy.LEDGER_DIR, "*.jsonl"))):
+        if ".retired-" not in path:
+            with open(path) as f:
+                entries += [json.loads(line) for line in f if line.strip()]
+    events = [privacy.entry_event(e) for e in entries if e["kind"] in (privacy.DP_TRAINING, privacy.VALIDATION)]
+    table = [r for r in runs or [] if r["dp"]]
+    for r in table:
+        spec = accounting.AccountingSpec(num_examples=r["train_examples"], batch_size=r["batch_size"],
+                                         epochs=r["epochs"], noise_multiplier=r["noise_multiplier"],
+                                         delta=FLAGS.delta, sampling="poisson", steps=r["steps"])
+        events.append(accounting.dp_event(spec))
+    if not events:
+        return {}
+    relation = privacy.relation_of(entries)
+    eps = accounting.epsilon_of_event(dp_accounting.ComposedDpEvent(events), FLAGS.delta, "rdp", relation)
+    trainings = sum(e["kind"] == privacy.DP_TRAINING for e in entries)
+    releases = sum(e["releases"] for e in entries if e["kind"] == privacy.VALIDATION)
+    return {"epsilon": eps, "delta": FLAGS.delta, "search_trainings": trainings, "validation_releases": releases,
+            "table_trainings": len(table),
+            "statement": f"({eps:.4g}, {FLAGS.delta:g})-DP ({sampling_name(relation)} adjacency, RDP) for everything "
+                         f"this folder publishes: {trainings} search trainings, {releases} noisy validation counts "
+                         f"and {len(table)} DP table trainings composed; non-DP references are outside it"}
+
+
+def sampling_name(relation) -> str:
+    from tfdprobust import sampling
+    return sampling.ADJACENCY_NAMES[relation]
+
+
 def compute(out: str):
     """Runs the chosen stages; returns the results dict (written by the caller)."""
-    import json
-
     from tfdprobust import data
     from tfdprobust.experiments import common
 
@@ -449,7 +497,9 @@ def compute(out: str):
 
 
 def report(out: str, results) -> None:
-    searches = load_searches(out, results["optimizers"])
+    # every search in the folder, also those run by an earlier command (--stages=search)
+    searches = load_searches(out, list(dict.fromkeys(list(FLAGS.optimizers) + results["optimizers"])))
+    results["guarantee"] = experiment_guarantee(out, results.get("table_runs"))
     if searches:
         write_landscape_table(out, results, searches)
         results["searches"] = {o: {k: s[k] for k in ("trials", "reference_rows", "guarantee", "per_training_epsilon",

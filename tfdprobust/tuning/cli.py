@@ -61,7 +61,8 @@ def define_flags():
     f.DEFINE_integer("steps", 10, "PGD iterations during training (the training CLI's default).")
     f.DEFINE_float("adv_weight", 0.5, "Per-example loss = (1-w) clean + w adversarial (the training CLI's default).")
     f.DEFINE_integer("val_steps", 10, "PGD iterations for the validation robust accuracy.")
-    f.DEFINE_integer("eval_steps", 20, "PGD iterations for the exported model's test robust accuracy.")
+    f.DEFINE_integer("eval_steps", 100, "APGD iterations of each attack of the standard ensemble that scores "
+                    "exported winners on the test set (AutoAttack's own: 100).")
     f.DEFINE_boolean("nondp_reference", False, "Also train non-DP references (one per eta) on the private data. "
                      "They are NOT private: own table (references.md), outside the guarantee.")
     f.DEFINE_string("nondp_lr_grid", None, "Learning rates of the non-DP references (default: --lr_grid).")

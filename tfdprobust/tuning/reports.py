@@ -282,8 +282,8 @@ def export_best(cfg: TuneConfig, rows: List[Dict[str, Any]], sd, guarantee: Dict
         metrics = {"clean_accuracy": train_step.accuracy(net, sd.test.x, sd.test.y)}
         if run_cfg.eval_attack is not None:
             n = len(sd.test) if run_cfg.eval_examples == 0 else min(run_cfg.eval_examples, len(sd.test))
-            log(f"evaluating best #{rank} (trial {trial_id}) once: {WINNER_PRESET} ensemble and the "
-                f"gradient-masking checks on {n} test images")
+            log(f"evaluating best #{rank} (trial {trial_id}) once: {WINNER_PRESET} ensemble "
+                f"({run_cfg.eval_attack.steps} APGD steps) and the gradient-masking checks on {n} test images")
             metrics.update(winner_robustness(net, sd.test.x[:n], sd.test.y[:n], run_cfg.eval_attack))
             log(sanity.format_checks([sanity.Check(**c) for c in metrics["sanity_checks"]],
                                      f"best #{rank} (trial {trial_id})"))

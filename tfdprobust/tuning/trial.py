@@ -141,16 +141,17 @@ def winner_robustness(net, x, y, attack) -> Dict[str, Any]:
         ``attack.eps``), its ``robust_ci95``, ``robust_after_each``, ``robust_standard``
         (every eps of both norms), ``sanity_checks`` and ``sanity_passed``.
     """
-    from tfdprobust import sanity
+    from tfdprobust import ensemble, sanity
 
     norm = attack.norm
     grids = {f"eps_{norm}": (0.0, float(attack.eps))}
+    preset = ensemble.get_preset(WINNER_PRESET).scaled(steps=attack.steps, restarts=attack.restarts)
     robust, checks = sanity.robust_accuracy_with_checks(
-        lambda z: net(z, training=False), x, y, preset=WINNER_PRESET, **grids)
+        lambda z: net(z, training=False), x, y, preset=preset, **grids)
     r = robust[norm]
     return {
         "robust_accuracy": r.accuracy(attack.eps), "robust_ci95": list(r.ci95(attack.eps)),
-        "robust_preset": WINNER_PRESET, "robust_examples": len(x),
+        "robust_preset": preset.name, "robust_examples": len(x),
         "robust_after_each": [{"attack": a, "accuracy": v} for a, v in r.at(attack.eps).after_each],
         "robust_standard": {k: v.to_dict() for k, v in robust.items()},
         "sanity_checks": [dataclasses.asdict(c) for c in checks],
