@@ -30,6 +30,8 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     out = proc.stdout
     for needle in ("clean test accuracy", "robust accuracy", "epsilon", "Poisson", "SavedModel"):
         assert needle in out, out
+    # the live training-batch figures are plainly marked as outside the guarantee
+    assert "diag_* figures are statistics of the private training batches and are NOT covered by epsilon" in out
     model_dir = tmp_path / "smoke"
     results = json.loads((tmp_path / "smoke.json").read_text())
     meta = json.loads((model_dir / "metadata.json").read_text())

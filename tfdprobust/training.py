@@ -306,6 +306,9 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
            f"{cfg.train.optimizer}" if dp.enabled else f"no DP, {cfg.train.optimizer}")
         + (f", {cfg.train.attack.name} eps={cfg.train.attack.eps:g} x{cfg.train.attack.steps} adv_weight="
            f"{cfg.train.adv_weight:g}" if cfg.train.robust else ", no adversarial training"))
+    if dp.enabled and cfg.verbose:
+        log("progress bar: its loss, acc, adv_acc, dropped and diag_* figures are statistics of the private "
+            "training batches and are NOT covered by epsilon")
     start = time.time()
     guard = (train_step.DivergenceGuard(monitor.x, monitor.y) if monitor is not None
              else train_step.DivergenceGuard())
