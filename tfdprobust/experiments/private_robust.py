@@ -329,7 +329,7 @@ def write_figures(out: str, results, searches) -> None:
     if searches:
         opts = list(searches)
         fig, axes = plt.subplots(2, len(opts), figsize=(3.8 * len(opts) + 2, 7.6), squeeze=False,
-                                 gridspec_kw={"hspace": 0.45})
+                                 gridspec_kw={"hspace": 0.45, "wspace": 0.25})
         for j, opt in enumerate(opts):
             rows = [r for r in searches[opt]["trials"] if r["dp"]]
             clips = sorted({r["l2_clip"] for r in rows})
@@ -347,7 +347,8 @@ def write_figures(out: str, results, searches) -> None:
                 ax.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs], fontsize=7)
                 ax.set_yticks(range(len(clips)), [f"{v:.2g}" for v in clips], fontsize=7)
                 ax.set_xlabel("learning rate $\\eta$")
-                ax.set_ylabel("clipping norm R")
+                if j == 0:  # one label per row: a second one would run into the left panel's ticks
+                    ax.set_ylabel("clipping norm R")
                 ax.set_title(f"DP-{opt}: {name}", fontsize=9)
         fig.colorbar(im, ax=axes.ravel().tolist(), label="validation accuracy (noisy counts)")
         fig.suptitle(f"(R, eta) landscapes, {FLAGS.dataset}, epsilon={FLAGS.target_epsilon:g}, delta={FLAGS.delta:g} "
