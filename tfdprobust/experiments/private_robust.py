@@ -62,7 +62,8 @@ flags.DEFINE_integer("batch_size", 250, "Expected batch size.")
 flags.DEFINE_integer("max_train", 0, "Training images before the validation split (0 = all).")
 flags.DEFINE_integer("validation_examples", 1000, "Validation images that score the trials (noisy counts).")
 flags.DEFINE_float("eps", 0.1, "l_inf radius of the validation PGD and of the Pareto trajectory.")
-flags.DEFINE_integer("val_steps", 20, "PGD iterations of the robust validation accuracy (the paper: PGD-20).")
+flags.DEFINE_integer("val_steps", 20, "Attack iterations of the robust validation accuracy (the tuner's quick "
+                     "APGD ensemble) and of the tables' and trajectories' PGD (the paper: PGD-20).")
 flags.DEFINE_list("table_eps_linf", ["0", "0.02", "0.05", "0.1", "0.2"], "l_inf attack sizes of the tables.")
 flags.DEFINE_list("table_eps_l2", ["0", "0.5", "1", "2"], "l2 attack sizes of the tables.")
 flags.DEFINE_float("table2_eps_l2", 1.0, "The l2 size of Table 2 (its l_inf size is --eps).")
@@ -264,10 +265,15 @@ def _at(sweep, eps):
 
 
 def write_tables(out: str, results) -> None:
+    from tfdprobust import ensemble
     from tfdprobust.experiments import common
 
     sweeps = {r["name"]: r["sweeps"] for r in results["evaluation"]["sweeps"]}
     ens = {r["name"]: r["ensemble"] for r in results["evaluation"]["ensemble"]}
+    sanity = {}  # every gradient-masking check of both evaluations, per model
+    for section in ("sweeps", "ensemble"):
+        for r in results["evaluation"][section]:
+            sanity.setdefault(r["name"], []).extend(r.get("sanity") or [])
     runs = results["table_runs"]
 
     def label(r):
@@ -292,11 +298,13 @@ def write_tables(out: str, results) -> None:
     e2 = FLAGS.table2_eps_l2
     head = ["natural", f"FGSM {FLAGS.eps:g}", f"BIM {FLAGS.eps:g}", f"PGD-l_inf {FLAGS.eps:g}",
             f"APGD-l_inf {FLAGS.eps:g}", f"PGD-l2 {e2:g}", f"APGD-l2 {e2:g}",
-            f"standard ensemble l_inf {FLAGS.eps:g}", f"standard ensemble l2 {e2:g}"]
+            f"standard ensemble l_inf {FLAGS.eps:g}", f"standard ensemble l2 {e2:g}", "masking checks"]
     lines = [f"Command: `{results['command']}`", "",
              f"Every attack on the same {FLAGS.eval_examples} test images (the paper's Table 2; it attacks the "
-             "robust picks). The standard ensemble is APGD-CE, APGD-T and Square (tfdprobust.ensemble), "
-             "per-example minimum over its attacks.", "",
+             f"robust picks). The standard ensemble is {ensemble.get_preset('standard').description} "
+             "(tfdprobust.ensemble), per-example minimum over its attacks. \"masking checks\" are "
+             "tfdprobust.sanity's gradient-masking checks of both evaluations: where one fails, the white-box "
+             "columns overstate the robustness and the ensemble column is the figure to trust.", "",
              *_guarantee_lines(results),
              "| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for r in runs:
@@ -305,9 +313,17 @@ def write_tables(out: str, results) -> None:
             _at(s["fgsm"], 0.0), _at(s["fgsm"], FLAGS.eps), _at(s["bim"], FLAGS.eps), _at(s["pgd_linf"], FLAGS.eps),
             _at(s["apgd_linf"], FLAGS.eps), _at(s["pgd_l2"], e2), _at(s["apgd_l2"], e2),
             _ensemble_at(en, "linf", FLAGS.eps), _ensemble_at(en, "l2", e2))]
-        lines.append(f"| {label(r)} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in vals) + " |")
+        lines.append(f"| {label(r)} | " + " | ".join("n/a" if v is None else f"{v:.4f}" for v in vals)
+                     + f" | {_checks(sanity[r['name']])} |")
     with open(os.path.join(out, "table2_attacks.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _checks(checks) -> str:
+    """``pass`` or the failed gradient-masking checks: a failed one means the white-box
+    figures of that row overstate its robustness (trust the ensemble, which includes Square)."""
+    failed = sorted({c["name"] for c in checks if c["status"] == "fail"})
+    return "FAIL: " + ", ".join(failed) if failed else ("pass" if checks else "n/a")
 
 
 def _ensemble_at(en, norm, eps):
@@ -334,7 +350,8 @@ def write_figures(out: str, results, searches) -> None:
             rows = [r for r in searches[opt]["trials"] if r["dp"]]
             clips = sorted({r["l2_clip"] for r in rows})
             lrs = sorted({r["learning_rate"] for r in rows})
-            for i, (metric, name) in enumerate(((NAT, "natural"), (ROB, f"PGD-{FLAGS.val_steps} robust"))):
+            rob = f"robust\n(APGD-CE + APGD-T, {FLAGS.val_steps} steps)"  # the tuner's quick ensemble
+            for i, (metric, name) in enumerate(((NAT, "natural"), (ROB, rob))):
                 g = np.full((len(clips), len(lrs)), np.nan)
                 for r in rows:
                     g[clips.index(r["l2_clip"]), lrs.index(r["learning_rate"])] = r[metric]
@@ -395,7 +412,8 @@ def write_landscape_table(out: str, results, searches) -> None:
     lines = [f"Command: `{results['command']}`", "",
              f"Every DP trial: epsilon={FLAGS.target_epsilon:g} at delta={FLAGS.delta:g} "
              f"(sigma={results['sigma']:.4g}, N={results['num_train_examples']}); scores are noisy validation counts "
-             f"on {FLAGS.validation_examples} held-out training images.", "",
+             f"on {FLAGS.validation_examples} held-out training images; robust = the tuner's quick ensemble "
+             f"(APGD-CE + APGD-T, {FLAGS.val_steps} steps) at l_inf eps={FLAGS.eps:g}.", "",
              *_guarantee_lines(results),
              "| optimizer | best natural (R, eta) | natural | its robust | best robust (R, eta) | robust | its natural |",
              "|---|---|---|---|---|---|---|"]
