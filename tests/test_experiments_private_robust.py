@@ -27,6 +27,14 @@ def test_private_robust_miniature(tmp_path, shared_data):
         assert results["searches"][opt]["per_training_epsilon"] == pytest.approx(2.0, rel=0.05)
         # the search's own guarantee composes its trainings and noisy counts: above one training's
         assert results["searches"][opt]["guarantee"]["epsilon"] > 2.0
+    # one guarantee for the folder: both searches and the DP table runs, composed
+    g = results["guarantee"]
+    assert (g["search_trainings"], g["table_trainings"]) == (4, 2)
+    assert g["epsilon"] > max(results["searches"][o]["guarantee"]["epsilon"] for o in ("sgd", "adam"))
+    assert "(" in g["statement"] and "table trainings" in (out / "table1_pgd.md").read_text()
+    # the searches were given the real folders, so rerunning the command resumes them
+    config = json.loads((out / "sgd" / "search_config.json").read_text())
+    assert "tfdprobust-data-" not in json.dumps(config)
     runs = {r["name"]: r for r in results["table_runs"]}
     dp_runs = [r for r in runs.values() if r["dp"]]
     # each table epsilon is met by its recalibrated sigma (600 training images, 1 epoch)

@@ -101,12 +101,12 @@ def check_flags():
 
 
 def data_dirs():
-    """(private+public combined folder, the private folder)."""
+    """(private+public combined folder, the private folder, the public folder)."""
     from tfdprobust.experiments import common
 
     private = FLAGS.data_dir or (common.FASHION_DIR if FLAGS.dataset == "fashion_mnist" else common.SHARED_DATA)
     public = common.public_source_dir(FLAGS.public_dataset, FLAGS.public_data_dir)
-    return common.combined_data_dir({FLAGS.dataset: private, FLAGS.public_dataset: public}), private
+    return common.combined_data_dir({FLAGS.dataset: private, FLAGS.public_dataset: public}), private, public
 
 
 def sigma_for(epsilon: float, num_examples: int) -> float:
@@ -123,7 +123,10 @@ def data_config(data_dir: str):
                       public_examples=128 if FLAGS.norm == "public_bn" else 0)
 
 
-def run_searches(out: str, data_dir: str, sigma: float):
+def run_searches(out: str, private_dir: str, public_dir, sigma: float):
+    # The tuner stores --data_dir with the search and resumes only under the same one, so
+    # it gets the two real folders (searched in order), not the per-run temporary folder.
+    data_dir = ",".join(d for d in (private_dir, public_dir) if d)
     wall = {}
     for opt in FLAGS.optimizers:
         lr_grid = FLAGS.adaptive_lr_grid if opt in ADAPTIVE else FLAGS.lr_grid
@@ -138,6 +141,8 @@ def run_searches(out: str, data_dir: str, sigma: float):
                f"--nondp_reference={str(FLAGS.nondp_reference and opt == FLAGS.table_optimizer).lower()}",
                "--export_best=0",
                f"--tuning_dir={out}", f"--project={opt}", f"--seed={FLAGS.seed}"]
+        if FLAGS.overwrite:  # regenerate: the tuner retrains, and its ledger keeps every earlier training
+            cmd.append("--overwrite")
         print(f"search {opt}: {' '.join(cmd[1:])}", flush=True)
         t = time.time()
         proc = subprocess.run(cmd)
@@ -477,7 +482,7 @@ def compute(out: str):
     from tfdprobust import data
     from tfdprobust.experiments import common
 
-    data_dir, private_dir = data_dirs()
+    data_dir, private_dir, public_dir = data_dirs()
     exp = data.load_experiment_data(data_config(data_dir), log=lambda m: None)
     n_search = len(exp.train) - FLAGS.validation_examples
     sigma = sigma_for(FLAGS.target_epsilon, n_search)
@@ -488,7 +493,7 @@ def compute(out: str):
                "data": exp.describe(), "private_data_dir": private_dir,
                "optimizers": list(FLAGS.optimizers), "table_optimizer": FLAGS.table_optimizer}
     if "search" in FLAGS.stages:
-        results["search_wall_seconds"] = run_searches(out, data_dir, sigma)
+        results["search_wall_seconds"] = run_searches(out, private_dir, public_dir, sigma)
     else:  # keep the record of the searches run earlier into this folder
         previous = os.path.join(out, "results.json")
         if os.path.exists(previous):
