@@ -29,7 +29,7 @@ def test_private_robust_miniature(tmp_path, shared_data):
         assert results["searches"][opt]["guarantee"]["epsilon"] > 2.0
     # one guarantee for the folder: both searches and the DP table runs, composed
     g = results["guarantee"]
-    assert (g["search_trainings"], g["table_trainings"]) == (4, 2)
+    assert (g["search_trainings"], g["extra_releases"]) == (4, 2)
     assert g["epsilon"] > max(results["searches"][o]["guarantee"]["epsilon"] for o in ("sgd", "adam"))
     assert "(" in g["statement"] and "table trainings" in (out / "table1_pgd.md").read_text()
     # the searches were given the real folders, so rerunning the command resumes them

@@ -44,6 +44,25 @@ def test_guarantee_equals_direct_composition_of_every_entry(tmp_path):
     assert "(%.4g, 0.0001)-DP" % g["epsilon"] in g["statement"]
 
 
+def test_folder_guarantee_composes_every_ledger_and_the_extra_releases(tmp_path):
+    """Two ledgers in one folder, a retired one (not counted) and two retrained models:
+    the folder's epsilon is their direct composition in dp_accounting."""
+    for fp, trials in (("abc", 2), ("def", 1)):
+        ledger = privacy.Ledger(str(tmp_path), fp)
+        for _ in range(trials):
+            ledger.append(_training())
+            ledger.append(privacy.validation_entry(2, 10.0))
+    privacy.Ledger(str(tmp_path), "old").append(_training())
+    privacy.Ledger(str(tmp_path), "old").retire()
+    extra = [poisson_trial(600, 100, 0.8)] * 2
+    g = privacy.folder_guarantee(str(tmp_path), extra, 1e-4, "rdp", "and 2 retrained models")
+    events = [poisson_trial(600, 100, 1.0)] * 3 + [dp_accounting.GaussianDpEvent(10.0)] * 6 + extra
+    assert (g["search_trainings"], g["validation_releases"], g["extra_releases"]) == (3, 6, 2)
+    assert g["epsilon"] == pytest.approx(direct_epsilon(events, 1e-4), rel=1e-9)
+    assert "(%.4g, 0.0001)-DP" % g["epsilon"] in g["statement"] and "and 2 retrained models composed" in g["statement"]
+    assert privacy.folder_guarantee(str(tmp_path / "empty"), [], 1e-4) == {}
+
+
 def test_shuffle_ledger_uses_replace_one_and_mixing_is_refused():
     entries = [_training("shuffle", steps=12), privacy.validation_entry(1, 5.0)]
     g = privacy.search_guarantee(entries, 1e-4, "rdp")

@@ -208,3 +208,40 @@ def private_selection(cfg, per_trial_event, delta: float, mu: float) -> Dict[str
                         "drawn secretly, each trial's (R, eta) drawn independently, and only the winner released "
                         "(no table, plots or other trials). This search publishes every trial, so it does not apply."),
     }
+
+
+def folder_guarantee(tuning_dir: str, extra_events, delta: float, accountant: str = "rdp",
+                     extra: str = "") -> Dict[str, Any]:
+    """Epsilon of everything a folder of searches publishes, plus further releases.
+
+    Composes every line of every current ledger in ``tuning_dir`` (each search's DP
+    trainings and noisy validation counts; several data sets' ledgers are composed too,
+    which can only overstate epsilon) with ``extra_events`` (e.g. models retrained with the
+    hyperparameters the searches chose, described by ``extra``).
+
+    Returns:
+        ``{}`` when nothing private was released, else ``epsilon``, ``delta``, the counts
+        and one ``statement``.
+    """
+    import glob
+
+    import dp_accounting
+
+    entries = []
+    for path in sorted(glob.glob(os.path.join(tuning_dir, LEDGER_DIR, "*.jsonl"))):
+        if ".retired-" not in path:
+            with open(path) as f:
+                entries += [json.loads(line) for line in f if line.strip()]
+    events = [entry_event(e) for e in entries if e["kind"] in (DP_TRAINING, VALIDATION)] + list(extra_events)
+    if not events:
+        return {}
+    relation = relation_of(entries)
+    eps = accounting.epsilon_of_event(dp_accounting.ComposedDpEvent(events), delta, accountant, relation)
+    trainings = sum(e["kind"] == DP_TRAINING for e in entries)
+    releases = sum(e["releases"] for e in entries if e["kind"] == VALIDATION)
+    return {"epsilon": eps, "delta": delta, "search_trainings": trainings, "validation_releases": releases,
+            "extra_releases": len(extra_events),
+            "statement": f"({eps:.4g}, {delta:g})-DP ({sampling.ADJACENCY_NAMES[relation]} adjacency, "
+                         f"{accountant.upper()}) for everything this folder publishes: {trainings} search "
+                         f"trainings, {releases} noisy validation counts {extra} composed; non-DP references are "
+                         "outside it".replace("  ", " ")}
