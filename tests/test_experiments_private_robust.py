@@ -29,7 +29,8 @@ def test_private_robust_miniature(tmp_path, shared_data):
         assert results["searches"][opt]["guarantee"]["epsilon"] > 2.0
     # one guarantee for the folder: both searches and the DP table runs, composed
     g = results["guarantee"]
-    assert (g["search_trainings"], g["extra_releases"]) == (4, 2)
+    table_dp = [r for r in results["table_runs"] if r["dp"]]
+    assert (g["search_trainings"], g["extra_releases"]) == (4, len(table_dp)) and len(table_dp) >= 2
     assert g["epsilon"] > max(results["searches"][o]["guarantee"]["epsilon"] for o in ("sgd", "adam"))
     assert "(" in g["statement"] and "table trainings" in (out / "table1_pgd.md").read_text()
     # the searches were given the real folders, so rerunning the command resumes them
