@@ -147,8 +147,11 @@ def relation_of(entries: List[Dict[str, Any]]):
 
 
 def search_guarantee(entries: List[Dict[str, Any]], delta: float, accountant: str,
-                     planned: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+                     planned: Optional[List[Dict[str, Any]]] = None, extra_events=()) -> Dict[str, Any]:
     """Epsilon of everything in the ledger (plus ``planned`` lines), one statement.
+
+    ``extra_events`` are further releases about the same data outside the ledger (e.g.
+    models retrained with hyperparameters a search chose); they enter the composition.
 
     Returns a dict with ``epsilon`` (``None`` if some execution used insecure noise or
     nothing is recorded), counts per kind, the adjacency and the statement.
@@ -171,10 +174,10 @@ def search_guarantee(entries: List[Dict[str, Any]], delta: float, accountant: st
         out.update(epsilon=None, statement=randomness.INSECURE_WARNING + " (at least one execution in the "
                    "ledger of this data set used --insecure_reproducible_noise)")
         return out
-    if not dp:
+    if not dp and not extra_events:
         out.update(epsilon=0.0, statement="nothing released about the private data yet")
         return out
-    event = dp_accounting.ComposedDpEvent([entry_event(e) for e in dp])
+    event = dp_accounting.ComposedDpEvent([entry_event(e) for e in dp] + list(extra_events))
     eps = accounting.epsilon_of_event(event, delta, accountant, relation)
     require(math.isfinite(eps), f"--noise/--val_noise: the planned search has epsilon = {eps}; raise the noise")
     out.update(epsilon=eps, statement=(
@@ -217,31 +220,26 @@ def folder_guarantee(tuning_dir: str, extra_events, delta: float, accountant: st
     Composes every line of every current ledger in ``tuning_dir`` (each search's DP
     trainings and noisy validation counts; several data sets' ledgers are composed too,
     which can only overstate epsilon) with ``extra_events`` (e.g. models retrained with the
-    hyperparameters the searches chose, described by ``extra``).
+    hyperparameters the searches chose, described by ``extra``), through
+    :func:`search_guarantee`.
 
     Returns:
-        ``{}`` when nothing private was released, else ``epsilon``, ``delta``, the counts
-        and one ``statement``.
+        ``{}`` when nothing private was released, else ``epsilon`` (``None`` if some
+        execution used insecure noise), ``delta``, the counts and one ``statement``.
     """
-    import glob
-
-    import dp_accounting
-
-    entries = []
-    for path in sorted(glob.glob(os.path.join(tuning_dir, LEDGER_DIR, "*.jsonl"))):
-        if ".retired-" not in path:
-            with open(path) as f:
-                entries += [json.loads(line) for line in f if line.strip()]
-    events = [entry_event(e) for e in entries if e["kind"] in (DP_TRAINING, VALIDATION)] + list(extra_events)
-    if not events:
+    ledger_dir = os.path.join(tuning_dir, LEDGER_DIR)
+    names = sorted(os.listdir(ledger_dir)) if os.path.isdir(ledger_dir) else []
+    entries = [e for n in names if n.endswith(".jsonl") and ".retired-" not in n
+               for e in Ledger(tuning_dir, n[:-len(".jsonl")]).entries()]
+    g = search_guarantee(entries, delta, accountant, extra_events=extra_events)
+    if not g["dp_trainings"] and not g["validation_releases"] and not extra_events:
         return {}
-    relation = relation_of(entries)
-    eps = accounting.epsilon_of_event(dp_accounting.ComposedDpEvent(events), delta, accountant, relation)
-    trainings = sum(e["kind"] == DP_TRAINING for e in entries)
-    releases = sum(e["releases"] for e in entries if e["kind"] == VALIDATION)
-    return {"epsilon": eps, "delta": delta, "search_trainings": trainings, "validation_releases": releases,
-            "extra_releases": len(extra_events),
-            "statement": f"({eps:.4g}, {delta:g})-DP ({sampling.ADJACENCY_NAMES[relation]} adjacency, "
-                         f"{accountant.upper()}) for everything this folder publishes: {trainings} search "
-                         f"trainings, {releases} noisy validation counts {extra} composed; non-DP references are "
-                         "outside it".replace("  ", " ")}
+    out = {"epsilon": g["epsilon"], "delta": delta, "search_trainings": g["dp_trainings"],
+           "validation_releases": g["validation_releases"], "extra_releases": len(extra_events)}
+    if g["epsilon"] is None:
+        return dict(out, statement=g["statement"])
+    composed = " ".join(filter(None, [f"{g['validation_releases']} noisy validation counts", extra, "composed"]))
+    return dict(out, statement=(
+        f"({g['epsilon']:.4g}, {delta:g})-DP ({g['adjacency']} adjacency, {accountant.upper()}) for everything "
+        f"this folder publishes: {g['dp_trainings']} search trainings, {composed}; non-DP references are "
+        "outside it"))
