@@ -37,6 +37,7 @@ def mirrored():
     return _probe("clipped_sums", "noise", "sampling")
 
 
+@pytest.mark.integration
 def test_two_replicas_give_the_one_device_clipped_sum(mirrored):
     out = mirrored["clipped_sums"]
     # 5 + 7 examples on two replicas vs all 12 on one device, sigma = 0: the all-reduced
@@ -48,6 +49,7 @@ def test_two_replicas_give_the_one_device_clipped_sum(mirrored):
     assert out["weights_max_diff"] < 1e-6
 
 
+@pytest.mark.integration
 def test_total_noise_std_is_sigma_c_over_two_replicas(mirrored):
     out = mirrored["noise"]
     n, expected = out["samples"], out["expected_std"]
@@ -59,6 +61,7 @@ def test_total_noise_std_is_sigma_c_over_two_replicas(mirrored):
     assert abs(out["step_correlation"]) < 5 / math.sqrt(n / 4)  # fresh noise every step
 
 
+@pytest.mark.integration
 def test_replicas_poisson_sample_disjoint_shards_with_the_global_rate(mirrored):
     out = mirrored["sampling"]
     draws = out["n"] * out["steps"]

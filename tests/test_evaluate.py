@@ -63,6 +63,7 @@ def run(argv, capsys):
     return rc, capsys.readouterr()
 
 
+@pytest.mark.integration
 def test_two_models_side_by_side(setup, capsys):
     # A subprocess, as a user runs it: in-process, something in ART's import chain closes
     # pytest's captured stderr and takes the whole test session down with it.
@@ -121,6 +122,7 @@ def test_two_models_side_by_side(setup, capsys):
     assert os.listdir(setup / "reports") == ["cmp"]
 
 
+@pytest.mark.integration
 def test_probability_model_fails_loudly(setup, capsys, tmp_path):
     model, _, _ = trained_mnist_model()
     probs = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), model, tf.keras.layers.Softmax()])
@@ -178,6 +180,7 @@ def test_model_with_wrong_input_shape(setup, capsys, tmp_path):
     assert "expects inputs of shape [32, 32, 3] but the data has [28, 28, 1]" in cap.err
 
 
+@pytest.mark.integration
 def test_real_mnist_test_set():
     if not os.path.isdir(os.path.join(SHARED_DATA, "mnist")):
         pytest.skip(f"real MNIST test set not found at {os.path.abspath(SHARED_DATA)} (../shared/data)")
@@ -210,6 +213,7 @@ def test_helpshort_lists_every_flag(capsys):
         assert f"--{flag}" in cap.out or f"--[no]{flag}" in cap.out, flag
 
 
+@pytest.mark.integration
 def test_default_data_needs_no_flag_and_says_where_it_came_from(setup, capsys, tmp_path, monkeypatch):
     """No --data_dir on an offline machine: the training CLI's own fallback, announced."""
     from tfdprobust import data
@@ -238,6 +242,7 @@ def write_cifar_test_batch(folder, n=40, seed=0):
     return images.transpose(0, 2, 3, 1) / 255.0, np.array(labels)
 
 
+@pytest.mark.integration
 def test_cifar10_model_on_raw_files(capsys, tmp_path):
     x, y = write_cifar_test_batch(tmp_path / "data")
     tf.keras.utils.set_random_seed(0)
@@ -256,6 +261,7 @@ def test_cifar10_model_on_raw_files(capsys, tmp_path):
     assert r["ensemble"]["linf"]["robust_accuracy"][1] <= r["clean_accuracy"]
 
 
+@pytest.mark.integration
 def test_input_range_mismatch_is_an_error_naming_the_fix(setup, capsys, tmp_path):
     """A model trained on [0, 255] pixels scores near chance on [0, 1] images."""
     model, _, _ = trained_mnist_model()

@@ -21,6 +21,7 @@ TINY = ["--max_train=300", "--max_test=100", "--batch_size=100", "--learning_rat
         "--eval_steps=3", "--public_examples=32"]
 
 
+@pytest.mark.integration
 def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tfdprobust.experiments.mnist", *TINY, f"--export_dir={tmp_path}",
@@ -68,6 +69,7 @@ def _private_batch_keys(tree, path=""):
     return found
 
 
+@pytest.mark.integration
 def test_insecure_noise_run_says_it_is_not_private(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tfdprobust.experiments.mnist", *TINY, "--attack=none", "--max_train=200",
@@ -163,6 +165,7 @@ def test_help_does_not_import_tensorflow():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.integration
 def test_a_diverging_run_stops_with_one_line_and_exports_nothing(run_main, tmp_path):
     code, err = run_main("--max_train=300", "--max_test=100", "--batch_size=100", "--epochs=4",
                          "--attack=none", "--eps=0", "--public_examples=32", "--learning_rate=1e5",

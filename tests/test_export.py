@@ -98,6 +98,7 @@ def test_exports_follow_the_users_umask(exported):
     assert os.stat(os.path.join(path, "metadata.json")).st_mode & 0o777 == 0o666 & ~mask
 
 
+@pytest.mark.integration
 def test_a_killed_export_is_cleaned_by_the_next_one(tmp_path):
     """SIGKILL mid-export leaves a temporary folder; the next export into the folder removes it."""
     code = f"""

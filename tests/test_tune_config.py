@@ -66,6 +66,7 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, flags, expected
     assert seconds < 20  # ~6 s here (TensorFlow's import); the brief asks for 10 s on an idle machine
 
 
+@pytest.mark.integration
 def test_data_errors_come_before_any_write_and_the_corrected_command_runs(tmp_path):
     from tfdprobust.tuning import search
 

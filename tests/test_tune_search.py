@@ -10,6 +10,9 @@ import pytest
 from tfdprobust.tuning import NATURAL, ROBUST, privacy, run_search
 from tune_util import direct_epsilon, poisson_trial, strict_load, tiny_config
 
+# One whole search (about a minute) shared by every test here: CI's integration tier.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory):

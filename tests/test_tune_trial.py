@@ -38,6 +38,7 @@ def _cfg(tmp_path, insecure):
     return tiny_config(tmp_path, objective="natural", val_attack=None, run_kw=run_kw)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("insecure", [False, True])
 def test_two_trials_noise_is_uncorrelated(tmp_path, insecure):
     """The issue's attack: with a shared noise draw the update of R=1 is 10x that of R=0.1 and
