@@ -14,7 +14,8 @@ from tfdprobust.train_step import DPConfig, TrainConfig
 def _cfg(**kwargs):
     train = TrainConfig(attack=None, learning_rate=1.0, dp=DPConfig(l2_clip=1.0, noise_multiplier=100.0))
     return training.RunConfig.make(train=train, batch_size=kwargs.pop("batch_size", 32),
-                                   model=ModelConfig(norm="group"), export_dir=None, verbose=0, **kwargs)
+                                   model=kwargs.pop("model", ModelConfig(norm="group")), export_dir=None, verbose=0,
+                                   **kwargs)
 
 
 @pytest.fixture
@@ -32,24 +33,24 @@ def _update(cfg, private):
                            for a, b in zip(trained.trainer.net.trainable_variables, init.trainable_variables)])
 
 
-def test_two_trials_with_the_same_seed_get_uncorrelated_noise(tiny_private):
+def test_two_trials_with_the_same_seed_get_uncorrelated_noise(tiny_private, tiny_dense_model):
     """What a tuner does: same data, same --seed, C = 0.1 vs C = 1. The old code reused one
     noise draw, so one update was 10x the other; subtracting them cancelled the noise."""
-    cfg = _cfg()
+    cfg = _cfg(model=tiny_dense_model)
     small = dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, dp=dataclasses.replace(cfg.train.dp, l2_clip=0.1)))
     a, b = _update(small, tiny_private), _update(cfg, tiny_private)
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.05
 
 
-def test_insecure_flag_replays_the_noise_and_says_so(tiny_private):
-    cfg = _cfg(insecure_reproducible_noise=True)
+def test_insecure_flag_replays_the_noise_and_says_so(tiny_private, tiny_dense_model):
+    cfg = _cfg(model=tiny_dense_model, insecure_reproducible_noise=True)
     np.testing.assert_array_equal(_update(cfg, tiny_private), _update(cfg, tiny_private))
     assert "NOT PRIVATE" in training.guarantee(cfg, None)
 
 
-def test_steps_taken_equal_the_steps_accounted(tiny_private):
-    cfg = _cfg(batch_size=8, epochs=2)
+def test_steps_taken_equal_the_steps_accounted(tiny_private, tiny_dense_model):
+    cfg = _cfg(model=tiny_dense_model, batch_size=8, epochs=2)
     spec = training.accounting_spec(cfg, len(tiny_private))
     trained = training.train(cfg, tiny_private, None, spec, log=lambda message: None)
     assert trained.steps == spec.total_steps == 2 * trained.sampler.steps_per_epoch == 8
