@@ -250,3 +250,22 @@ def test_bad_train_config_names_the_flag(kwargs, flag):
 def test_bad_dp_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         DPConfig(**kwargs)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_clip_bias_cosine_is_opt_in_and_equals_the_per_example_reference(tiny_images, tiny_dense_model, on):
+    """With the flag, the step's cosine is that of the clipped and unclipped sums of the
+    written-out per-example gradients; without it, the key is absent (no second sum)."""
+    x, y = _batch(tiny_images)
+    model = _model(tiny_images, net=tiny_dense_model, dp=DPConfig(l2_clip=0.05, clip_bias_cosine=on))
+    x_adv = model.adversarial(x, y)
+    _, _, diag = model.private_step(x, x_adv, y)
+    assert ("diag_clip_bias_cosine" in diag) == on
+    assert {"diag_clipped_fraction", "diag_snr", "clip_bound"} <= set(diag)
+    if on:
+        grads, _ = model.per_example_gradients(x, x_adv, y)
+        flat = np.concatenate([g.numpy().reshape(len(x), -1) for g in grads], 1)
+        norms = np.linalg.norm(flat, axis=1)
+        clipped = (flat * np.minimum(1, 0.05 / norms)[:, None]).sum(0)
+        cosine = clipped @ flat.sum(0) / np.linalg.norm(clipped) / np.linalg.norm(flat.sum(0))
+        assert float(diag["diag_clip_bias_cosine"]) == pytest.approx(cosine, abs=1e-5) and cosine < 0.9999

@@ -9,7 +9,8 @@ logged per step to TensorBoard and summarized in the run JSON by
 * ``diag_clip_bias_cosine``: cosine between the clipped sum and the unclipped sum of the
   per-example gradients (1 = clipping keeps the direction; the clipping bias of Chen, Wu
   and Hong, "Understanding Gradient Clipping in Private SGD: A Geometric Perspective", and
-  of Xiao et al.);
+  of Xiao et al.). Only with ``--clip_bias_cosine`` (``DPConfig.clip_bias_cosine``): the
+  unclipped sum is a second weighted sum per layer, which the other keys do not need;
 * ``diag_snr``: signal-to-noise ratio ``||clipped mean|| / (sigma C / B * sqrt(P))``, i.e.
   ``||clipped sum|| / (sigma C sqrt(P))`` for P parameters: the norm of the signal over the
   expected norm of the noise;
@@ -71,13 +72,14 @@ def clipping_diagnostics(per_example_grads: Sequence[tf.Tensor], clipped_sum: Se
     return sum_diagnostics(clipped_sum, unclipped_sum(per_example_grads, norms), norms, bound, noise_multiplier)
 
 
-def sum_diagnostics(clipped_sum: Sequence[tf.Tensor], unclipped: Sequence[tf.Tensor], norms: tf.Tensor,
-                    bound: tf.Tensor, noise_multiplier: float) -> Dict[str, tf.Tensor]:
+def sum_diagnostics(clipped_sum: Sequence[tf.Tensor], unclipped: Optional[Sequence[tf.Tensor]],
+                    norms: tf.Tensor, bound: tf.Tensor, noise_multiplier: float) -> Dict[str, tf.Tensor]:
     """:func:`clipping_diagnostics` from the two sums alone (what the book-keeping path of
     :mod:`tfdprobust.per_example` has: it never writes out per-example gradients).
 
     Args:
-        unclipped: the plain gradient sum over the examples that were not dropped.
+        unclipped: the plain gradient sum over the examples that were not dropped, or
+            ``None`` (``--noclip_bias_cosine``): then ``diag_clip_bias_cosine`` is left out.
     """
     finite = tf.math.is_finite(norms)
     kept = tf.boolean_mask(norms, finite)
@@ -86,21 +88,23 @@ def sum_diagnostics(clipped_sum: Sequence[tf.Tensor], unclipped: Sequence[tf.Ten
     clipped_fraction = tf.math.divide_no_nan(
         tf.reduce_sum(tf.cast(tf.cast(kept, tf.float32) > bound32, tf.float32)), count)
     ordered = tf.cast(tf.sort(kept), tf.float32)
-    dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(clipped_sum, unclipped)])
     clipped_norm = _flat_norm(clipped_sum)
-    cosine = tf.math.divide_no_nan(dot, clipped_norm * _flat_norm(unclipped))
     parameters = float(sum(int(np.prod(g.shape)) for g in clipped_sum))
     noise_norm = noise_multiplier * tf.cast(bound, clipped_norm.dtype) * math.sqrt(parameters)
     snr = clipped_norm / noise_norm if noise_multiplier > 0 else tf.constant(math.inf)
-    return {
+    out = {
         "diag_clipped_fraction": clipped_fraction,
         "diag_norm_p10": _quantile(ordered, 0.1),
         "diag_norm_p50": _quantile(ordered, 0.5),
         "diag_norm_p90": _quantile(ordered, 0.9),
-        "diag_clip_bias_cosine": tf.cast(cosine, tf.float32),
         "diag_snr": tf.cast(snr, tf.float32),
         "clip_bound": bound32,
     }
+    if unclipped is not None:
+        dot = tf.add_n([tf.reduce_sum(a * b) for a, b in zip(clipped_sum, unclipped)])
+        out["diag_clip_bias_cosine"] = tf.cast(tf.math.divide_no_nan(dot, clipped_norm * _flat_norm(unclipped)),
+                                               tf.float32)
+    return out
 
 
 class DiagnosticsLogger(tf.keras.callbacks.Callback):

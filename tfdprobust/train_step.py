@@ -77,6 +77,10 @@ class DPConfig:
         quantile_learning_rate: adaptive clipping's geometric step ``C <- C exp(-lr (f - q))``.
         count_noise: std of the noise on adaptive clipping's unclipped count; ``None`` is
             B / 20, Andrew et al.'s recommendation. Its release is composed into epsilon.
+        clip_bias_cosine: also sum the unclipped gradients every step, for the
+            ``diag_clip_bias_cosine`` diagnostic. Off by default: it is a second weighted
+            sum per layer, and it tips layers with few rows per example (a dense layer under
+            PGD) to written-out per-example gradients. The other diagnostics are free.
     """
 
     enabled: bool = True
@@ -89,6 +93,7 @@ class DPConfig:
     target_quantile: float = 0.5
     quantile_learning_rate: float = 0.2
     count_noise: Optional[float] = None
+    clip_bias_cosine: bool = False
 
     def __post_init__(self):
         require(math.isfinite(self.l2_clip) and self.l2_clip > 0,
@@ -328,19 +333,20 @@ class PrivateRobustModel(tf.keras.Model):
     def clipped_sum(self, x, x_adv, y):
         """``(clipped sum, unclipped sum, unclipped norms, row logits)`` of this batch at the
         current bound: book-keeping on the per-layer rules (:func:`per_example.clipped_sum`),
-        or ``tf.vectorized_map`` rows for a network the graph walk cannot follow."""
+        or ``tf.vectorized_map`` rows for a network the graph walk cannot follow. The
+        unclipped sum is ``None`` unless ``DPConfig.clip_bias_cosine``."""
         dp = self.config.dp
         bound = self.clip_bound.read_value()
         rows, labels, weights, copies = self.rows(x, x_adv, y)
         if per_example.supports(self.net):
             out = per_example.clipped_sum(self.net, rows, labels, weights, bound, copies, dp.clipping,
-                                          dp.auto_gamma, unclipped=True)
+                                          dp.auto_gamma, unclipped=dp.clip_bias_cosine)
             return out.clipped, out.unclipped, out.norms, out.logits
         grads, logits = per_example.vectorized_map_gradients(self.net, rows, labels, weights)
         grads = per_example.fold_rows(grads, copies)
         clipped, norms = clipping.clip(grads, bound, dp.clipping, dp.auto_gamma)
-        return ([tf.reduce_sum(g, axis=0) for g in clipped], diagnostics.unclipped_sum(grads, norms),
-                norms, logits)
+        unclipped = diagnostics.unclipped_sum(grads, norms) if dp.clip_bias_cosine else None
+        return [tf.reduce_sum(g, axis=0) for g in clipped], unclipped, norms, logits
 
     def private_step(self, x, x_adv, y):
         """:meth:`private_gradients` plus this step's clipping diagnostics (a dict of scalars,

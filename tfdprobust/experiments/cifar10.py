@@ -46,6 +46,7 @@ DEFAULTS = {
     "dataset": "cifar10", "model": "resnet20", "norm": "group", "public_dataset": "cifar100",
     "attack": "none", "eps": 0.0, "optimizer": "momentum", "l2_clip": 1.0, "noise": 1.0,
     "batch_size": 256, "epochs": 1, "export_dir": "saved_models",
+    "clip_bias_cosine": True,  # the --compare table has a clip-bias cosine column
 }
 for _name, _value in DEFAULTS.items():
     FLAGS.set_default(_name, _value)

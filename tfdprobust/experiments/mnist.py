@@ -65,6 +65,8 @@ flags.DEFINE_float("target_quantile", 0.5, "--clipping=adaptive: target fraction
 flags.DEFINE_float("quantile_learning_rate", 0.2, "--clipping=adaptive: step of the geometric update of C.")
 flags.DEFINE_float("count_noise", None, "--clipping=adaptive: noise std on the unclipped count (default batch "
                    "size / 20).")
+flags.DEFINE_boolean("clip_bias_cosine", False, "Also log the cosine between the clipped and the unclipped gradient "
+                     "sum each step (a private diagnostic; costs a second weighted sum per layer).")
 # Adversarial training
 flags.DEFINE_string("attack", "pgd_linf", "Training attack: none, pgd_linf or pgd_l2.")
 flags.DEFINE_float("eps", 0.1, "Attack radius (pixel scale [0, 1]).")
@@ -154,6 +156,7 @@ def check_flags():
                  ("quantile_learning_rate", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
                  ("count_noise", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
                  ("clipping", not FLAGS.dp, "--nodp clips nothing"),
+                 ("clip_bias_cosine", not FLAGS.dp, "--nodp clips nothing"),
                  ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups")]
     for name, clash, why in conflicts:
         require(not (FLAGS[name].present and clash),
@@ -194,7 +197,8 @@ def config_from_flags():
         optimizer=FLAGS.optimizer, learning_rate=learning_rate,
         dp=DPConfig(enabled=FLAGS.dp, l2_clip=FLAGS.l2_clip, noise_multiplier=FLAGS.noise, path=FLAGS.dp_path,
                     clipping=FLAGS.clipping, auto_gamma=FLAGS.auto_gamma, target_quantile=FLAGS.target_quantile,
-                    quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise),
+                    quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise,
+                    clip_bias_cosine=FLAGS.clip_bias_cosine),
         attack=attack, adv_weight=FLAGS.adv_weight)
     return training.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
