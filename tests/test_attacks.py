@@ -241,3 +241,20 @@ def test_apgd_ce_within_one_point_of_art(trained, norm, eps):
     assert abs(ours - ref) <= 0.01 + 1e-9, (ours, ref)
     assert ref < acc(fn, x, y) - 0.2  # a real attack at this budget
 
+
+
+def test_a_point_misclassified_clean_is_never_counted_robust(monkeypatch):
+    """An attack whose random start lands a misclassified point on its true class (emulated:
+    the 'attack' returns images the model gets right) must not count that point robust."""
+    from tfdprobust.attacks import loop
+
+    def fn(z):  # logits are the two pixels
+        return tf.reshape(z, [-1, 2])
+
+    x = np.array([[[[0.9]], [[0.1]]], [[[0.45]], [[0.55]]]], np.float32)  # right, wrong
+    y = np.array([0, 0])
+    landed = tf.constant([[[[0.9]], [[0.1]]], [[[0.9]], [[0.1]]]], tf.float32)  # both right
+    monkeypatch.setattr(loop, "generate", lambda model_fn, xb, yb, config: landed[:tf.shape(xb)[0]])
+    config = attacks.AttackConfig("pgd_linf", eps=0.5, steps=1)
+    assert attacks.correct_under_attack(fn, x, y).tolist() == [True, False]
+    assert attacks.correct_under_attack(fn, x, y, config).tolist() == [True, False]

@@ -37,10 +37,13 @@ def iterations_to_fool(model_fn: ModelFn, x, y, eps: float, step_size: float,
 
 def correct_under_attack(model_fn: ModelFn, x, y, config: Optional[AttackConfig] = None,
                          batch_size: int = 500, compiled: bool = False, progress=None) -> np.ndarray:
-    """Per-example bool: is ``x`` (or its ``config`` adversarial example) classified as ``y``?
+    """Per-example bool: is ``x`` classified as ``y`` (and, with ``config``, its adversarial
+    example too)?
 
     The one batched accuracy loop that training, tuning, evaluation and the sanity
-    checks share.
+    checks share. Under an attack a point counts as robust only if its clean prediction
+    is also right, as in AutoAttack and RobustBench: an attack from a random start can land
+    a misclassified point on its true class, which would put robust accuracy above clean.
 
     Args:
         config: the attack; ``None`` measures clean accuracy.
@@ -55,9 +58,12 @@ def correct_under_attack(model_fn: ModelFn, x, y, config: Optional[AttackConfig]
     """
 
     def batch_correct(xb, yb):
+        yb = tf.cast(yb, tf.int64)
+        correct = tf.equal(tf.argmax(model_fn(xb), 1, output_type=tf.int64), yb)
         if config is not None:
-            xb = generate(model_fn, xb, yb, config)
-        return tf.equal(tf.argmax(model_fn(xb), 1, output_type=tf.int64), tf.cast(yb, tf.int64))
+            adv = generate(model_fn, xb, yb, config)
+            correct = correct & tf.equal(tf.argmax(model_fn(adv), 1, output_type=tf.int64), yb)
+        return correct
 
     if compiled:
         batch_correct = tf.function(batch_correct)
