@@ -170,6 +170,9 @@ def test_the_cost_chooser_takes_the_cheaper_computed_cost():
     assert per_example.norm_costs(*late)["ghost"] < per_example.norm_costs(*late)["materialized"]
     assert per_example.norm_costs(*dense)["ghost"] < per_example.norm_costs(*dense)["materialized"]
     assert per_example.choose_method(None, 10, 10) == "materialized"  # unknown T: never guess
+    # LeNet's dense kernel under PGD (clean + adversarial rows: T = 2) with two sums: writing
+    # out 800 x 500 floats per example must not win on multiply-adds alone.
+    assert per_example.choose_method(2, 800, 500, sums=2) == "ghost"
 
 
 def test_lenet_layers_get_the_method_of_their_computed_costs(tiny_images):

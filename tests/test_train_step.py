@@ -181,6 +181,16 @@ def test_every_optimizer_trains_with_dp_and_pgd(tiny_images, tiny_dense_model, o
     assert all(np.any(a != b.numpy()) for a, b in zip(before, model.net.trainable_variables))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_fit_traces_the_step_once(tiny_images, tiny_dense_model, optimizer):
+    # Had the optimizer created its variables inside the first step, TensorFlow would
+    # trace the whole DP step a second time (what PrivateRobustModel.fit prevents).
+    x, y, _ = tiny_images
+    model = _model(tiny_images, net=tiny_dense_model, optimizer=optimizer)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert model.train_function.experimental_get_tracing_count() == 1
+
+
 def test_fit_reports_epsilon_per_epoch(tiny_images, tiny_dense_model):
     x, y, _ = tiny_images
     model = _model(tiny_images, net=tiny_dense_model, attack=None)

@@ -579,7 +579,8 @@ def _fallback_rule(kwargs: dict) -> LayerRule:
 #: that traffic is memory-bound on CPU (DRAM moves about one float per 0.4 ns per core, a GEMM
 #: does tens of multiply-adds per ns). Without it, a dense layer whose example has few rows
 #: (T = 2: the clean and adversarial copies) tied with ghost at two sums and was written out:
-#: LeNet's 800 x 500 kernel, 100 M floats at B = 250, made its DP + PGD-10 step 1.6x slower.
+#: LeNet's 800 x 500 kernel, 100 M floats at B = 250, made its DP + PGD-10 step about 1.4-1.6x
+#: slower in our probes (examples per CPU-second, one thread, on a loaded machine).
 MATERIALIZED_ELEMENT_COST = 16
 
 
