@@ -89,6 +89,7 @@ LAYER_CASES = {
     "conv_1x1": lambda: [L.Conv2D(3, 1)],
     "public_bn": lambda: [L.Conv2D(4, 3), PublicBatchNormalization(), L.Activation("tanh")],
     "group_norm": lambda: [L.Conv2D(4, 3), L.GroupNormalization(2), L.Activation("tanh")],
+    "group_norm_scale_only": lambda: [L.Conv2D(4, 3), L.GroupNormalization(2, center=False), L.Activation("tanh")],
     "ws_conv": lambda: [layers.WSConv2D(3, 3), L.Activation("tanh")],
 }
 
@@ -387,3 +388,26 @@ def test_poisson_batches_of_varying_size_do_not_retrace_and_the_attack_is_compil
     assert model.traces == first and first["train_step"] <= 2, model.traces
     assert model.train_function.experimental_get_tracing_count() == first_count
     assert first["adversarial"] == first["train_step"] and not any(model.eager_attack)
+
+
+def test_group_norm_statistics_are_computed_once_per_use(float64, monkeypatch):
+    """The rule keeps the x̂ of its forward pass for the scale's per-example gradient: the
+    group moments are computed once, not by Keras' layer and again by the rule (that was a
+    fifth of ResNet-20's DP step at B = 1000)."""
+    net = _layer_net("group_norm", 2)
+    x, y, w = _rows(3, 1, (9, 9, 2), seed=2, dtype=np.float64)
+    calls = {"keras": 0, "moments": 0}
+    keras_call, moments = L.GroupNormalization.call, tf.nn.moments
+
+    def counted_call(self, *args, **kwargs):
+        calls["keras"] += 1
+        return keras_call(self, *args, **kwargs)
+
+    def counted_moments(*args, **kwargs):
+        calls["moments"] += 1
+        return moments(*args, **kwargs)
+
+    monkeypatch.setattr(L.GroupNormalization, "call", counted_call)
+    monkeypatch.setattr(tf.nn, "moments", counted_moments)
+    per_example.clipped_sum(net, x, y, w, 1.0)
+    assert calls == {"keras": 0, "moments": 1}

@@ -239,8 +239,10 @@ class LayerRule:
 
     Attributes:
         forward: ``forward(layer, a) -> (pre, out)``: the pre-activation output (the
-            tensor whose gradient the rule consumes) and the layer output.
-        grads: ``grads(layer, a, dpre) -> [piece for each trainable weight]`` in the order
+            tensor whose gradient the rule consumes) and the layer output; or
+            ``(pre, out, kept)``, where ``kept`` is what ``grads`` receives instead of ``a``
+            (a normalization keeps its x̂ rather than computing its statistics twice).
+        grads: ``grads(layer, kept, dpre) -> [piece for each trainable weight]`` in the order
             of ``layer.trainable_weights``: :class:`Factors` (then the norm may be a ghost
             norm) or the per-example gradient rows themselves.
         applies: optional ``applies(layer) -> bool``; a layer it rejects (e.g. a grouped
@@ -253,6 +255,11 @@ class LayerRule:
     forward: Callable
     grads: Callable
     applies: Optional[Callable] = None
+
+    def run(self, layer, a) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``forward`` as ``(pre, out, kept)`` (``kept`` is ``a`` unless the rule keeps another tensor)."""
+        result = self.forward(layer, a)
+        return result if len(result) == 3 else (*result, a)
 
     def per_example(self, layer, a, dpre) -> List[tf.Tensor]:
         """Every weight's per-example gradient rows ``[rows, *weight.shape]``."""
@@ -267,12 +274,11 @@ class LayerRule:
             raise NotImplementedError("tfdprobust rules clip per example (num_microbatches=None)")
         if len(input_args) != 1:
             raise ValueError(f"{layer.name}: a rule takes one input tensor, got {len(input_args)}")
-        a = input_args[0]
-        pre, out = self.forward(layer, a)
+        pre, out, kept = self.run(layer, input_args[0])
         tape.watch(pre)
 
         def sqr_norm_fn(dpre):
-            pieces = self.grads(layer, a, dpre)
+            pieces = self.grads(layer, kept, dpre)
             return tf.add_n([_norm_of([p], 1, "auto", 1)[0] for p in pieces])
 
         return pre, out, sqr_norm_fn
@@ -492,11 +498,12 @@ def _public_bn_rule() -> LayerRule:
         return (a - layer.public_mean) * tf.math.rsqrt(layer.public_variance + layer.epsilon)
 
     def forward(layer, a):
-        out = layer(a)
-        return out, out
+        xhat = normalize(layer, a)
+        out = xhat * layer.gamma + layer.beta
+        return out, out, xhat
 
-    def grads(layer, a, dpre):
-        return _affine_norm_grads(normalize(layer, a), dpre, layer)
+    def grads(layer, xhat, dpre):
+        return _affine_norm_grads(xhat, dpre, layer)
 
     return LayerRule(forward, grads)
 
@@ -512,11 +519,14 @@ def _group_norm_rule() -> LayerRule:
         return tf.reshape((grouped - mean) * tf.math.rsqrt(variance + layer.epsilon), tf.shape(a))
 
     def forward(layer, a):
-        out = layer(a)
-        return out, out
+        # Keras' computation, keeping x̂ for the scale's per-example gradient
+        xhat = normalize(layer, a)
+        out = xhat * layer.gamma if layer.scale else xhat
+        out = out + layer.beta if layer.center else out
+        return out, out, xhat
 
-    def grads(layer, a, dpre):
-        return _affine_norm_grads(normalize(layer, a), dpre, layer)
+    def grads(layer, xhat, dpre):
+        return _affine_norm_grads(xhat, dpre, layer)
 
     def applies(layer):
         # only the channels-last grouping that normalize() implements
@@ -623,7 +633,7 @@ class _Use:
 
     layer: tf.keras.layers.Layer
     rule: LayerRule
-    a: tf.Tensor
+    a: tf.Tensor  # what the rule's grads take: the layer input, or the tensor its forward kept
     pre: tf.Tensor
     dpre: Optional[tf.Tensor] = None
 
@@ -638,8 +648,8 @@ def _forward_backward(net, inputs, labels, weights) -> Tuple[List[_Use], tf.Tens
         if not layer.trainable_weights:
             return None
         rule = rule_for(layer) or _fallback_rule(kwargs)
-        pre, out = rule.forward(layer, args[0])
-        uses.append(_Use(layer, rule, args[0], pre))
+        pre, out, kept = rule.run(layer, args[0])
+        uses.append(_Use(layer, rule, kept, pre))
         return out
 
     with tf.GradientTape() as tape:
