@@ -78,3 +78,33 @@ def test_combined_reports_keep_every_command(tmp_path):
     assert "- `cmd a`" in text and "- `cmd b`" in text and "## lenet, B = 8, no attack" in text
     with pytest.raises(UsageError, match="--combine"):
         runner.combine(["missing"], str(tmp_path))
+
+
+def test_rounds_run_the_whole_grid_in_order_and_report_the_median_round(monkeypatch):
+    specs = runner.grid(["ours_nondp", "ours_dp"], ["cnn"], [8], ["clean"])
+    figures = {"ours_nondp:cnn:8:clean": [100.0, 90.0, 130.0], "ours_dp:cnn:8:clean": [80.0, None, 70.0]}
+    calls = []
+
+    def fake_run_one(spec, timeout):
+        n = sum(1 for key in calls if key == spec.key)
+        calls.append(spec.key)
+        value = figures[spec.key][n]
+        if value is None:
+            return {"key": spec.key, "error": "killed", "load_before": 1.0}
+        return {"key": spec.key, "framework": spec.framework, "model": "cnn", "batch_size": 8, "pgd": False,
+                "examples_per_cpu_second": value, "examples_per_second": value / 2, "extra_memory_mb": value,
+                "peak_rss_mb": 900.0, "parameters": 10, "steps": 3, "path": "p", "load_before": 1.0,
+                "load_after": 1.0}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    results = runner.run_grid(specs, 10.0, log=lambda line: None, rounds=3)
+    assert calls == ["ours_nondp:cnn:8:clean", "ours_dp:cnn:8:clean"] * 3
+    assert [r["round"] for r in results] == [0, 0, 1, 1, 2, 2]
+    medians = {r["key"]: r for r in runner.median_rounds(results)}
+    nondp, dp = medians["ours_nondp:cnn:8:clean"], medians["ours_dp:cnn:8:clean"]
+    assert nondp["examples_per_cpu_second"] == 100.0 and nondp["extra_memory_mb"] == 100.0  # that round's row
+    assert dp["examples_per_cpu_second"] == 70.0 and dp["round_examples_per_cpu_second"] == [70.0, 80.0]
+    text = runner.report(results, "cmd", "test")
+    assert "| ours_nondp | 100.0 | 3: 90-130 |" in text and "| ours_dp | 70.0 | 2: 70-80 | 0.70x |" in text
+    with pytest.raises(UsageError, match="--rounds"):
+        runner.run_grid(specs, 10.0, rounds=0)

@@ -32,6 +32,8 @@ flags.DEFINE_list("attacks", ["none", "pgd"], "none (plain training) and/or pgd 
 flags.DEFINE_float("seconds", 10.0, "Timed CPU-seconds per configuration, after 2 warm-up steps.")
 flags.DEFINE_integer("min_steps", 2, "Fewest timed steps per configuration.")
 flags.DEFINE_integer("max_steps", 40, "Most timed steps per configuration.")
+flags.DEFINE_integer("rounds", 3, "Runs of the whole grid; the report gives each configuration's median round "
+                     "(CPU time drifts 10-30% between runs on a shared virtual machine).")
 flags.DEFINE_float("timeout", 1800.0, "Seconds before a configuration's process is stopped and recorded as failed.")
 flags.DEFINE_string("out", "experiments/benchmarks", "Folder of <name>.md and <name>.json.")
 flags.DEFINE_string("name", "peers", "File name (without extension) of the report.")
@@ -45,7 +47,7 @@ FLAGS = flags.FLAGS
 
 def _command() -> str:
     parts = ["python -m tfdprobust.experiments.benchmark_peers"]
-    for name in ("frameworks", "models", "batch_sizes", "attacks", "seconds", "min_steps", "max_steps", "name",
+    for name in ("frameworks", "models", "batch_sizes", "attacks", "seconds", "min_steps", "max_steps", "rounds", "name",
                  "label", "note"):
         if FLAGS[name].present:
             value = FLAGS[name].value
@@ -81,7 +83,8 @@ def main(argv):
     specs = runner.grid(frameworks, FLAGS.models, [int(b) for b in FLAGS.batch_sizes],
                         ["clean" if a == "none" else "pgd" for a in FLAGS.attacks], **timing)
     command = _command()
-    results = runner.run_grid(specs, FLAGS.timeout, on_result=lambda results: runner.write(
+    require(FLAGS.rounds >= 1, f"--rounds must be >= 1 (runs of the whole grid), got {FLAGS.rounds}")
+    results = runner.run_grid(specs, FLAGS.timeout, rounds=FLAGS.rounds, on_result=lambda results: runner.write(
         results, command, FLAGS.label, FLAGS.out, FLAGS.name, FLAGS.note))
     print(runner.report(results, command, FLAGS.label, FLAGS.note))
     return 0

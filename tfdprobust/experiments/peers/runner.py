@@ -5,7 +5,14 @@ Every configuration gets a fresh interpreter with one thread for every framework
 time, its peak RSS and its compilation are its own. The machine is shared, so the load
 average is recorded next to every run and examples per CPU-second is the headline figure
 (wall time is reported too, and drifts with the load).
+
+Even CPU time drifts by 10-30% between runs of the same configuration on this 2-core
+virtual machine, which is as large as the gaps the project tracks. So the grid runs in
+``rounds``: each round runs every configuration once, in the same order, and the report
+gives each configuration's median round (and the range), so that DP and non-DP entries
+measured minutes apart meet the same drift.
 """
+
 
 import json
 import os
@@ -57,17 +64,47 @@ def run_one(spec: peers.Spec, timeout: float) -> Dict:
 
 
 def run_grid(specs: Sequence[peers.Spec], timeout: float, log: Callable[[str], None] = print,
-             on_result: Callable[[List[Dict]], None] = lambda results: None) -> List[Dict]:
+             on_result: Callable[[List[Dict]], None] = lambda results: None, rounds: int = 1) -> List[Dict]:
+    """Every configuration once per round (in ``specs`` order); returns every round's result
+    (each with its ``round``), calling ``on_result`` with all of them after each."""
+    require(rounds >= 1, f"--rounds must be >= 1, got {rounds}")
     results = []
-    for i, spec in enumerate(specs):
-        log(f"[{i + 1}/{len(specs)}] {spec.key} ...")
-        results.append(run_one(spec, timeout))
+    for i, spec in enumerate(spec for _ in range(rounds) for spec in specs):
+        round_ = i // len(specs)
+        log(f"[{i + 1}/{rounds * len(specs)}] round {round_ + 1}/{rounds}: {spec.key} ...")
+        results.append({**run_one(spec, timeout), "round": round_})
         r = results[-1]
         log(f"    {r['error']}" if "error" in r else
             f"    {r['examples_per_cpu_second']:,.1f} examples/CPU-s, {r['examples_per_second']:,.1f} examples/s, "
             f"+{r['extra_memory_mb']:,.0f} MB, load {r['load_before']:.1f}")
         on_result(results)
     return results
+
+
+def median_rounds(results: Sequence[Dict]) -> List[Dict]:
+    """One result per configuration: its median round by examples per CPU-second (the lower
+    middle one for an even count, so it is a round that ran), with every round's figure in
+    ``round_examples_per_cpu_second``. Failed rounds count only when no round succeeded."""
+    by_key: Dict[str, List[Dict]] = {}
+    for r in results:
+        by_key.setdefault(r["key"], []).append(r)
+    out = []
+    for runs in by_key.values():
+        ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["examples_per_cpu_second"])
+        if not ok:
+            out.append(runs[-1])
+            continue
+        middle = ok[(len(ok) - 1) // 2]
+        out.append({**middle, "rounds": len(ok),
+                    "round_examples_per_cpu_second": [r["examples_per_cpu_second"] for r in ok]})
+    return out
+
+
+def _spread(r: Dict) -> str:
+    figures = r.get("round_examples_per_cpu_second", [])
+    if len(figures) < 2:
+        return "1"
+    return f"{len(figures)}: {min(figures):,.0f}-{max(figures):,.0f}"
 
 
 def _ratio(a, b) -> str:
@@ -78,21 +115,26 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     """Markdown: one table per (model, batch, attack) and the ratios the project tracks.
 
     ``command`` is the command that produced ``results``, or a list of them when the
-    results of several runs were combined (:func:`combine`)."""
+    results of several runs were combined (:func:`combine`). Several rounds of a
+    configuration are reduced to their median (:func:`median_rounds`)."""
+    loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
+    results = median_rounds(results)
     by_key = {r["key"]: r for r in results}
     groups = []
     for r in results:
         model, batch, attack = r["key"].split(":")[1:]
         if (model, batch, attack) not in groups:
             groups.append((model, batch, attack))
-    loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
     lines = [f"# Peer benchmark: {label}", "", *([note, ""] if note else []),
              *([f"Command: `{command}`"] if isinstance(command, str) else
                ["Commands (their results are combined below):", *[f"- `{c}`" for c in command]]), "",
              f"Load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f} on 2 cores shared with "
              "other jobs." if loads else "", "",
-             "Every configuration ran in its own process with one thread. *examples/CPU-s* divides the examples "
-             "trained by the process's CPU time (all threads) over the timed steps, after 2 warm-up steps; "
+             "Every configuration ran in its own process with one thread, once per round (every round runs "
+             "the whole grid in the same order). *examples/CPU-s* divides the examples "
+             "trained by the process's CPU time (all threads) over the timed steps, after 2 warm-up steps, and "
+             "is the median round's (*rounds* gives their number and range; the other columns are that "
+             "round's); "
              "*examples/s* is the same over wall time, which drifts with the load. *extra MB* is the peak RSS "
              "minus the RSS before the first step (framework, data and model loaded), so it includes tracing "
              "and compilation. The ratio column compares each DP entry with the non-private step of its own "
@@ -103,18 +145,18 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     lines += parameter_check(results) + [""]
     for model, batch, attack in groups:
         lines += [f"## {model}, B = {batch}, {'PGD-10 adversarial training' if attack == 'pgd' else 'no attack'}", "",
-                  "| entry | examples/CPU-s | vs own non-DP | examples/s (wall) | extra MB | peak MB | params | steps | "
-                  "load | path |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| entry | examples/CPU-s | rounds | vs own non-DP | examples/s (wall) | extra MB | peak MB | params | "
+                  "steps | load | path |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for framework in peers.FRAMEWORKS.names():
             r = by_key.get(f"{framework}:{model}:{batch}:{attack}")
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {framework} | failed | | | | | | | {r['load_before']:.1f} | {r['error']} |")
+                lines.append(f"| {framework} | failed | | | | | | | | {r['load_before']:.1f} | {r['error']} |")
                 continue
             base = by_key.get(f"{peers.DP_BASELINE.get(framework, '')}:{model}:{batch}:{attack}", {})
             lines.append(
-                f"| {framework} | {r['examples_per_cpu_second']:,.1f} | "
+                f"| {framework} | {r['examples_per_cpu_second']:,.1f} | {_spread(r)} | "
                 f"{_ratio(r['examples_per_cpu_second'], base.get('examples_per_cpu_second')) if base else ''} | "
                 f"{r['examples_per_second']:,.1f} | {r['extra_memory_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['parameters']:,} | "
                 f"{r['steps']} | "
