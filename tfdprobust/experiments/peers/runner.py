@@ -13,7 +13,6 @@ gives each configuration's median round (and the range), so that DP and non-DP e
 measured minutes apart meet the same drift.
 """
 
-
 import json
 import os
 import subprocess
