@@ -501,6 +501,10 @@ EXPERIMENTS = [
          "--models", "cnn, lenet, resnet20"),
     case("benchmark_peers-seconds-negative", "tfdprobust.experiments.benchmark_peers --seconds=-1 --out={tmp}/bench",
          "--seconds", ">"),
+    case("benchmark_peers-rounds-zero", "tfdprobust.experiments.benchmark_peers --rounds=0 --out={tmp}/bench",
+         "--rounds", ">= 1"),
+    case("profile_step-batch-size-zero", "tfdprobust.experiments.profile_step --batch_size=0", "--batch_size",
+         "must be >= 1"),
 ]
 
 
@@ -517,7 +521,7 @@ ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.e
                 "tfdprobust.experiments.private_robust", "tfdprobust.experiments.linear_gaussian",
                 "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
                 "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn",
-                "tfdprobust.experiments.benchmark_peers"]
+                "tfdprobust.experiments.benchmark_peers", "tfdprobust.experiments.profile_step"]
 
 _HELP_PROBE = """
 import runpy, sys

@@ -37,87 +37,11 @@ flags.DEFINE_integer("rounds", 5, "Calls of every piece after one warm-up call; 
 FLAGS = flags.FLAGS
 
 
-def profile(model: str, batch_size: int, pgd: bool, rounds: int, log=print):
-    """Times the pieces of one step (see the module docstring).
-
-    Returns:
-        ``{piece: [CPU ms of each round]}`` in the order the pieces ran.
-    """
-    import statistics
-    import time
-
-    from tfdprobust.errors import require
-    from tfdprobust.experiments import peers
-    from tfdprobust.experiments.peers import common, tf_peers
-
-    require(batch_size >= 1, f"--batch_size must be >= 1, got {batch_size}")
-    require(rounds >= 1, f"--rounds must be >= 1, got {rounds}")
-    tf = tf_peers._tf()  # one thread
-    from tfdprobust import train_step
-
-    x, y = (tf.constant(t) for t in common.batch(batch_size))
-
-    def build(dp: bool):
-        cfg = train_step.TrainConfig(
-            learning_rate=peers.LEARNING_RATE, expected_batch_size=batch_size,
-            attack=tf_peers._attack() if pgd else None, adv_weight=0.5,
-            dp=train_step.DPConfig(enabled=dp, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
-        m = train_step.PrivateRobustModel(tf_peers._net(model), cfg)
-        m.compile()
-        return m
-
-    plain, private = build(False), build(True)
-    private.net.set_weights(plain.net.get_weights())
-    x_adv = tf.function(plain.adversarial)(x, y)
-
-    @tf.function
-    def nondp_gradient():
-        with tf.GradientTape() as tape:
-            losses, _ = plain.example_losses(x, x_adv, y)
-            objective = tf.reduce_mean(losses)
-        return tape.gradient(objective, plain.net.trainable_variables)
-
-    def train_function(m):
-        iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
-        function = m.make_train_function()
-        return lambda: float(function(iterator)["loss"])
-
-    pieces = {}
-    if pgd:
-        attack = tf.function(plain.adversarial)
-        pieces["attack"] = lambda: attack(x, y).numpy()
-    clipped = tf.function(lambda: private.clipped_sum(x, x_adv, y)[0])
-    step = tf.function(lambda: private.private_step(x, x_adv, y)[0])
-    pieces.update({
-        "non-DP gradient": lambda: [g.numpy() for g in nondp_gradient()],
-        "DP clipped sum": lambda: [g.numpy() for g in clipped()],
-        "DP private step": lambda: [g.numpy() for g in step()],
-        "non-DP train step": train_function(plain),
-        "DP train step": train_function(private),
-    })
-    for fn in pieces.values():  # tracing
-        fn()
-    times = {name: [] for name in pieces}
-    for r in range(rounds):
-        for name, fn in pieces.items():
-            start = time.process_time()
-            fn()
-            times[name].append(1000 * (time.process_time() - start))
-        log(f"round {r + 1}/{rounds} done")
-    log(f"\n{model}, B = {batch_size}, {'PGD-10' if pgd else 'no attack'}, one thread, CPU ms per call "
-        f"({rounds} rounds)\n")
-    log("| piece | median | min |\n|---|---:|---:|")
-    for name, values in times.items():
-        log(f"| {name} | {statistics.median(values):,.1f} | {min(values):,.1f} |")
-    for dp, plain_name in (("DP clipped sum", "non-DP gradient"), ("DP train step", "non-DP train step")):
-        ratio = statistics.median(times[plain_name]) / statistics.median(times[dp])
-        log(f"\n{dp} speed / {plain_name} speed (medians): {ratio:.2f}x")
-    return times
-
-
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
+    from tfdprobust.experiments.peers.step_profile import profile
+
     profile(FLAGS.model, FLAGS.batch_size, FLAGS.attack == "pgd_linf", FLAGS.rounds)
     return 0
 

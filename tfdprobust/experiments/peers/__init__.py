@@ -19,6 +19,8 @@ Entries (the module that defines them imports its framework only when it runs):
 * :mod:`.jax_peers`: ``jax_nondp`` and ``jax_dp`` (``vmap(grad)`` per-example gradients,
   the JAX idiom of jax_privacy).
 
+:mod:`.step_profile` times the pieces of our own step in one process (the ``profile_step`` CLI).
+
 With PGD (``Spec.pgd``), every entry first runs 10 steps of l-inf PGD (eps 0.1, step
 0.025, random start) against the current weights, then trains on the adversarial and the
 clean rows with weight 1/2 each. Ours, ``tfp_dpkeras`` and ``jax_dp`` combine an example's
