@@ -392,8 +392,7 @@ def test_poisson_batches_of_varying_size_do_not_retrace_and_the_attack_is_compil
 
 def test_group_norm_statistics_are_computed_once_per_use(float64, monkeypatch):
     """The rule keeps the x̂ of its forward pass for the scale's per-example gradient: the
-    group moments are computed once, not by Keras' layer and again by the rule (that was a
-    fifth of ResNet-20's DP step at B = 1000)."""
+    group moments are computed once, not by Keras' layer and again by the rule."""
     net = _layer_net("group_norm", 2)
     x, y, w = _rows(3, 1, (9, 9, 2), seed=2, dtype=np.float64)
     calls = {"keras": 0, "moments": 0}

@@ -12,26 +12,13 @@ def profile(model: str, batch_size: int, pgd: bool, rounds: int, log=print):
     import time
 
     from tfdprobust.errors import require
-    from tfdprobust.experiments import peers
     from tfdprobust.experiments.peers import common, tf_peers
 
     require(batch_size >= 1, f"--batch_size must be >= 1, got {batch_size}")
     require(rounds >= 1, f"--rounds must be >= 1, got {rounds}")
     tf = tf_peers._tf()  # one thread
-    from tfdprobust import train_step
-
     x, y = (tf.constant(t) for t in common.batch(batch_size))
-
-    def build(dp: bool):
-        cfg = train_step.TrainConfig(
-            learning_rate=peers.LEARNING_RATE, expected_batch_size=batch_size,
-            attack=tf_peers._attack() if pgd else None, adv_weight=0.5,
-            dp=train_step.DPConfig(enabled=dp, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
-        m = train_step.PrivateRobustModel(tf_peers._net(model), cfg)
-        m.compile()
-        return m
-
-    plain, private = build(False), build(True)
+    plain, private = (tf_peers.our_model(model, batch_size, pgd, dp) for dp in (False, True))
     private.net.set_weights(plain.net.get_weights())
     x_adv = tf.function(plain.adversarial)(x, y)
 

@@ -48,18 +48,26 @@ def _fit_step(model, x, y):
     return step
 
 
+def our_model(model: str, batch_size: int, pgd: bool, dp: bool, path: str = "vectorized"):
+    """Our compiled train step on ``model`` with the benchmark's DP-SGD and PGD settings."""
+    from tfdprobust import train_step
+
+    cfg = train_step.TrainConfig(
+        learning_rate=peers.LEARNING_RATE, expected_batch_size=batch_size,
+        attack=_attack() if pgd else None, adv_weight=0.5,
+        dp=train_step.DPConfig(enabled=dp, path=path, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
+    out = train_step.PrivateRobustModel(_net(model), cfg)
+    out.compile()
+    return out
+
+
 def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized") -> Dict:
     tf = _tf()
     from tfdprobust import models, train_step
 
     x, y = common.batch(spec.batch_size)
-    net = _net(spec.model)
-    cfg = train_step.TrainConfig(
-        learning_rate=peers.LEARNING_RATE, expected_batch_size=spec.batch_size,
-        attack=_attack() if spec.pgd else None, adv_weight=0.5,
-        dp=train_step.DPConfig(enabled=dp, path=path, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
-    model = train_step.PrivateRobustModel(net, cfg)
-    model.compile()
+    model = our_model(spec.model, spec.batch_size, spec.pgd, dp, path)
+    net = model.net
     if not dp:
         label = "tfdprobust train step, DP off"
     elif path == "tf_privacy":
