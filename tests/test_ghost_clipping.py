@@ -410,3 +410,51 @@ def test_group_norm_statistics_are_computed_once_per_use(float64, monkeypatch):
     monkeypatch.setattr(tf.nn, "moments", counted_moments)
     per_example.clipped_sum(net, x, y, w, 1.0)
     assert calls == {"keras": 0, "moments": 1}
+
+
+def _ancestors(tensor: tf.Tensor) -> set:
+    """Every op ``tensor`` waits for, through data and control edges."""
+    seen, todo = set(), [tensor.op]
+    while todo:
+        op = todo.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        todo.extend(t.op for t in op.inputs)
+        todo.extend(op.control_inputs)
+    return seen
+
+
+def test_each_layer_norm_is_computed_before_the_backward_pass_goes_below_it(float64):
+    """The clipped sum taps every layer's pre-activation: its norms (ghost or materialized)
+    exist before the backward pass continues to the layer below, so the one-thread executor
+    never holds every layer's output gradient at once. Dense and Conv2D with an activation
+    inside the layer are tapped too; a shared layer waits for all of its uses."""
+    shared = L.Dense(4, activation="tanh")
+    inputs = L.Input((6, 6, 2))
+    h = L.Conv2D(3, 3, activation="relu")(inputs)
+    h = L.GroupNormalization(groups=1)(h)
+    h = L.Dense(4, activation="relu")(L.Flatten()(h))
+    h = shared(shared(h))
+    net = tf.keras.Model(inputs, L.Dense(3)(h))
+    x, y, w = _rows(4, 2, (6, 6, 2), seed=3, dtype=np.float64)
+    books = []
+
+    @tf.function
+    def squared():
+        books.append(per_example._Book(net, x, y, w, copies=2, method="auto", sums=1))
+        return [e.squared for e in books[-1].entries]
+
+    squared.get_concrete_function()
+    book = books[0]
+    entry = {id(e.variable): e for e in book.entries}
+    names = [u.layer.name for u in book.uses]
+    for k in range(1, len(book.uses)):
+        below, layer = book.uses[k - 1], book.uses[k].layer
+        waits_for = _ancestors(below.dpre)
+        norms_first = [entry[id(v)].squared.op in waits_for for v in layer.trainable_weights]
+        assert all(norms_first) == (layer is not shared), (names[k], norms_first)
+    # the values are unchanged: the reference test covers them (test_shared_layers_...)
+    ref = _reference(net, x, y, w, 2)
+    got, _, _ = per_example.squared_norms(net, x, y, w, copies=2)
+    np.testing.assert_allclose(got, [(g.reshape(len(g), -1) ** 2).sum(1) for g in ref], rtol=1e-8)
