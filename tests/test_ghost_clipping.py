@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfdprobust import attacks, clipping, layers, per_example, randomness, sampling
+from tfdprobust.per_example import driver
 from tfdprobust.models import ModelConfig, build_model
 from tfdprobust.normalization import PublicBatchNormalization, update_public_statistics
 from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig
@@ -442,7 +443,7 @@ def test_each_layer_norm_is_computed_before_the_backward_pass_goes_below_it(floa
 
     @tf.function
     def squared():
-        books.append(per_example._Book(net, x, y, w, copies=2, method="auto", sums=1))
+        books.append(driver._Book(net, x, y, w, copies=2, method="auto", sums=1))
         return [e.squared for e in books[-1].entries]
 
     squared.get_concrete_function()

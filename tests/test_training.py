@@ -76,3 +76,18 @@ def test_unprotected_public_examples_are_named_in_the_guarantee():
 def test_bad_run_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         training.RunConfig.make(**kwargs)
+
+
+@pytest.mark.parametrize("cosine", [None, 0.875])
+def test_summary_says_how_to_get_the_clip_bias_cosine_when_it_was_not_computed(cosine):
+    from tfdprobust import diagnostics
+    diag = {k: {"mean": 0.5} for k in diagnostics.KEYS if k not in ("diag_clip_bias_cosine", "clip_bound")}
+    diag["clip_bound"] = {"mean": 1.0, "last": 1.0}
+    if cosine is not None:
+        diag["diag_clip_bias_cosine"] = {"mean": cosine}
+    text = training.summary({"clean_accuracy": 0.9, "num_test_examples": 10, "private": False,
+                             "guarantee": "none", diagnostics.RESULT_KEY: diag})
+    line = next(x for x in text.splitlines() if x.startswith("clipping diagnostics"))
+    assert "n/a" not in line
+    expected = "clip-bias cosine off (--clip_bias_cosine)" if cosine is None else "clip-bias cosine 0.875"
+    assert expected in line and "SNR 0.5, final C 1" in line, line

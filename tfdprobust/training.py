@@ -481,7 +481,9 @@ def summary(result: Dict[str, Any]) -> str:
         mean = {k: (diag[k]["mean"] if k in diag else None) for k in diagnostics.KEYS}
         lines.append("clipping diagnostics: NOT covered by epsilon (private batches): mean clipped fraction "
                      f"{_fmt(mean['diag_clipped_fraction'])}, median norm {_fmt(mean['diag_norm_p50'])}, "
-                     f"clip-bias cosine {_fmt(mean['diag_clip_bias_cosine'])}, SNR {_fmt(mean['diag_snr'])}, "
+                     + (f"clip-bias cosine {_fmt(mean['diag_clip_bias_cosine'])}, "
+                        if mean["diag_clip_bias_cosine"] is not None else "clip-bias cosine off (--clip_bias_cosine), ")
+                     + f"SNR {_fmt(mean['diag_snr'])}, "
                      f"final C {_fmt(diag['clip_bound']['last'])}")
     if "export_path" in result:
         lines.append(f"SavedModel          : {_shown(result['export_path'])}")
