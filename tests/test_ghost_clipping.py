@@ -459,3 +459,30 @@ def test_each_layer_norm_is_computed_before_the_backward_pass_goes_below_it(floa
     ref = _reference(net, x, y, w, 2)
     got, _, _ = per_example.squared_norms(net, x, y, w, copies=2)
     np.testing.assert_allclose(got, [(g.reshape(len(g), -1) ** 2).sum(1) for g in ref], rtol=1e-8)
+
+
+def test_an_outer_tape_through_the_clipped_sum_leaves_the_ledger_as_it_was(float64):
+    """Differentiating the clipped sum with respect to the inputs (a gradient-inversion audit
+    does) runs the taps' gradients a second time; the norms already booked stay as they are."""
+    net = _layer_net("conv_valid", 2)
+    x, y, w = _rows(3, 1, (9, 9, 2), seed=4, dtype=np.float64)
+    books = []
+    real_book = driver._Book
+
+    def booked(*args, **kwargs):
+        books.append(real_book(*args, **kwargs))
+        return books[-1]
+
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        driver._Book = booked
+        try:
+            result = per_example.clipped_sum(net, x, y, w, 1.0)
+        finally:
+            driver._Book = real_book
+        pieces_before = [len(e.pieces) for e in books[0].entries]
+        squared_before = [e.squared for e in books[0].entries]
+        total = tf.add_n([tf.reduce_sum(g * g) for g in result.clipped])
+    assert outer.gradient(total, x) is not None
+    assert [len(e.pieces) for e in books[0].entries] == pieces_before
+    assert all(a is b for a, b in zip(squared_before, [e.squared for e in books[0].entries]))

@@ -132,6 +132,8 @@ class _Book:
         if self._calls is None:  # the forward pass is complete once gradients flow
             self._calls = collections.Counter(id(w) for u in uses for w in u.layer.trainable_weights)
         use = uses[k]
+        if k in self._done:  # an outer tape differentiating through this pass: the ledger is closed
+            return []
         if rule_for(use.layer) is None or any(self._calls[id(w)] != 1 for w in use.layer.trainable_weights):
             return []
         self._add(use, dpre)
