@@ -106,5 +106,7 @@ def test_rounds_run_the_whole_grid_in_order_and_report_the_median_round(monkeypa
     assert dp["examples_per_cpu_second"] == 70.0 and dp["round_examples_per_cpu_second"] == [70.0, 80.0]
     text = runner.report(results, "cmd", "test")
     assert "| ours_nondp | 100.0 | 3: 90-130 |" in text and "| ours_dp | 70.0 | 2: 70-80 | 0.70x |" in text
+    assert "- ours DP vs our non-DP step, round by round: 0.80, 0.54\n" in text  # rounds 1 and 3 (2 failed)
+    assert "Opacus' best DP mode, round by round" not in text  # no Opacus entry ran
     with pytest.raises(UsageError, match="--rounds"):
         runner.run_grid(specs, 10.0, rounds=0)

@@ -83,7 +83,6 @@ def main(argv):
     specs = runner.grid(frameworks, FLAGS.models, [int(b) for b in FLAGS.batch_sizes],
                         ["clean" if a == "none" else "pgd" for a in FLAGS.attacks], **timing)
     command = _command()
-    require(FLAGS.rounds >= 1, f"--rounds must be >= 1 (runs of the whole grid), got {FLAGS.rounds}")
     results = runner.run_grid(specs, FLAGS.timeout, rounds=FLAGS.rounds, on_result=lambda results: runner.write(
         results, command, FLAGS.label, FLAGS.out, FLAGS.name, FLAGS.note))
     print(runner.report(results, command, FLAGS.label, FLAGS.note))

@@ -117,6 +117,7 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     results of several runs were combined (:func:`combine`). Several rounds of a
     configuration are reduced to their median (:func:`median_rounds`)."""
     loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
+    rounds = results
     results = median_rounds(results)
     by_key = {r["key"]: r for r in results}
     groups = []
@@ -160,7 +161,7 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
                 f"{r['examples_per_second']:,.1f} | {r['extra_memory_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['parameters']:,} | "
                 f"{r['steps']} | "
                 f"{r['load_before']:.1f} | {r['path']} |")
-        lines += [""] + _headline(by_key, model, batch, attack) + [""]
+        lines += [""] + _headline(by_key, model, batch, attack) + _per_round(rounds, model, batch, attack) + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +199,24 @@ def _headline(by_key: Dict, model: str, batch: str, attack: str) -> List[str]:
            f"{get('ours_nondp', 'extra_memory_mb') or 0:,.0f} MB"]
     if attack == "clean" and get("keras_fit"):
         out.append(f"- ours DP vs plain Keras fit (non-DP): {_ratio(ours, get('keras_fit'))}")
+    return out
+
+
+def _per_round(results: Sequence[Dict], model: str, batch: str, attack: str) -> List[str]:
+    """Ours DP against our non-DP step and against Opacus' faster mode within each round
+    (rounds where both ran), when there are several rounds."""
+    by_round: Dict[int, Dict[str, float]] = {}
+    for r in results:
+        if "error" not in r and r["key"].split(":")[1:] == [model, batch, attack]:
+            by_round.setdefault(r.get("round", 0), {})[r["framework"]] = r["examples_per_cpu_second"]
+    if len(by_round) < 2:
+        return []
+    out = []
+    for name, bases in (("our non-DP step", ("ours_nondp",)), ("Opacus' best DP mode", ("opacus_hooks", "opacus_ghost"))):
+        ratios = [f"{got['ours_dp'] / max(got[b] for b in bases if b in got):.2f}"
+                  for _, got in sorted(by_round.items()) if "ours_dp" in got and any(b in got for b in bases)]
+        if ratios:
+            out.append(f"- ours DP vs {name}, round by round: {', '.join(ratios)}")
     return out
 
 
