@@ -70,7 +70,7 @@ def _forward_backward(net, inputs, labels, weights,
         rule = rule_for(layer) or _fallback_rule(kwargs)
         k = len(uses)
         tap = None if on_dpre is None else _tap(lambda dpre: on_dpre(uses, k, dpre))
-        pre, out, kept, _ = rule.run(layer, args[0], tap)
+        pre, out, kept = rule.run(layer, args[0], tap)
         uses.append(_Use(layer, rule, kept, pre))
         return out
 

@@ -41,22 +41,18 @@ class LayerRule:
     applies: Optional[Callable] = None
     activation: Optional[Callable] = None
 
-    def run(self, layer, a, tap: Optional[Callable] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, bool]:
-        """``forward`` as ``(pre, out, kept, tapped)``: ``kept`` is ``a`` unless the rule keeps
-        another tensor; with ``tap`` (an identity whose gradient the caller watches) ``pre``
-        goes through ``tap`` before ``out`` is computed from it, when the rule allows that
-        (``tapped`` says whether it did)."""
+    def run(self, layer, a, tap: Optional[Callable] = None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``forward`` as ``(pre, out, kept)``: ``kept`` is ``a`` unless the rule keeps another
+        tensor; with ``tap`` (an identity whose gradient the caller watches) ``pre`` goes
+        through ``tap`` before ``out`` is computed from it, when the rule allows that."""
         result = self.forward(layer, a)
         pre, out, kept = result if len(result) == 3 else (*result, a)
-        if tap is None:
-            return pre, out, kept, False
-        if out is pre:
+        if tap is not None and out is pre:
+            pre = out = tap(pre)
+        elif tap is not None and self.activation is not None:
             pre = tap(pre)
-            return pre, pre, kept, True
-        if self.activation is not None:
-            pre = tap(pre)
-            return pre, self.activation(layer, pre), kept, True
-        return pre, out, kept, False
+            out = self.activation(layer, pre)
+        return pre, out, kept
 
     def per_example(self, layer, a, dpre) -> List[tf.Tensor]:
         """Every weight's per-example gradient rows ``[rows, *weight.shape]``."""
@@ -71,7 +67,7 @@ class LayerRule:
             raise NotImplementedError("tfdprobust rules clip per example (num_microbatches=None)")
         if len(input_args) != 1:
             raise ValueError(f"{layer.name}: a rule takes one input tensor, got {len(input_args)}")
-        pre, out, kept, _ = self.run(layer, input_args[0])
+        pre, out, kept = self.run(layer, input_args[0])
         tape.watch(pre)
 
         def sqr_norm_fn(dpre):
