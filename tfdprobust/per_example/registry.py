@@ -20,17 +20,19 @@ class LayerRule:
 
     Attributes:
         forward: ``forward(layer, a) -> (pre, out)``: the pre-activation output (the
-            tensor whose gradient the rule consumes) and the layer output; or
-            ``(pre, out, kept)``, where ``kept`` is what ``grads`` receives instead of ``a``
-            (a normalization keeps its x̂ rather than computing its statistics twice).
+            tensor whose gradient the rule consumes) and the layer output, or ``None`` for
+            ``activation(layer, pre)``; or ``(pre, out, kept)``, where ``kept`` is what
+            ``grads`` receives instead of ``a`` (a normalization keeps its x̂ rather than
+            computing its statistics twice).
         grads: ``grads(layer, kept, dpre) -> [piece for each trainable weight]`` in the order
             of ``layer.trainable_weights``: :class:`Factors` (then the norm may be a ghost
             norm) or the per-example gradient rows themselves.
         applies: optional ``applies(layer) -> bool``; a layer it rejects (e.g. a grouped
             convolution) has no rule and takes the per-layer fallback.
-        activation: optional ``activation(layer, pre) -> out`` when the output is a
-            function of ``pre`` alone (Dense, Conv2D); with it, or when ``out`` is ``pre``
-            itself, :meth:`run` can tap ``pre`` (see :func:`~tfdprobust.per_example.driver.clipped_sum`).
+        activation: ``activation(layer, pre) -> out`` for a rule whose ``forward`` returns
+            ``out = None`` (Dense, Conv2D: the output is a function of ``pre`` alone). Then,
+            or when ``out`` is ``pre`` itself, :meth:`run` can tap ``pre`` (see
+            :func:`~tfdprobust.per_example.driver.clipped_sum`).
 
     A rule is also a tensorflow-privacy registry function (``__call__``, see
     ``tensorflow_privacy.privacy.fast_gradient_clipping.type_aliases.RegistryFunction``).
@@ -49,8 +51,9 @@ class LayerRule:
         pre, out, kept = result if len(result) == 3 else (*result, a)
         if tap is not None and out is pre:
             pre = out = tap(pre)
-        elif tap is not None and self.activation is not None:
+        elif tap is not None and out is None:
             pre = tap(pre)
+        if out is None:  # computed once, from the tapped pre when there is one
             out = self.activation(layer, pre)
         return pre, out, kept
 

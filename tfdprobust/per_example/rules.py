@@ -25,7 +25,7 @@ def _dense_rule() -> LayerRule:
             pre.set_shape(a.shape[:-1].concatenate(layer.kernel.shape[-1:]))
         if layer.use_bias:
             pre = pre + layer.bias
-        return pre, layer.activation(pre)
+        return pre, None  # out = layer.activation(pre), applied by LayerRule.run
 
     def grads(layer, a, dpre):
         a3, g3 = _positions(a), _positions(dpre)
@@ -43,7 +43,7 @@ def _conv2d_rule() -> LayerRule:
         pre = layer.convolution_op(a, layer.kernel)
         if layer.use_bias:
             pre = tf.nn.bias_add(pre, layer.bias)
-        return pre, layer.activation(pre)
+        return pre, None  # out = layer.activation(pre), applied by LayerRule.run
 
     def grads(layer, a, dpre):
         out = [ConvFactors(a, dpre, layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding)]

@@ -117,7 +117,7 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     results of several runs were combined (:func:`combine`). Several rounds of a
     configuration are reduced to their median (:func:`median_rounds`)."""
     loads = [r[k] for r in results for k in ("load_before", "load_after") if k in r]
-    rounds = results
+    every_round = results
     results = median_rounds(results)
     by_key = {r["key"]: r for r in results}
     groups = []
@@ -161,7 +161,7 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
                 f"{r['examples_per_second']:,.1f} | {r['extra_memory_mb']:,.0f} | {r['peak_rss_mb']:,.0f} | {r['parameters']:,} | "
                 f"{r['steps']} | "
                 f"{r['load_before']:.1f} | {r['path']} |")
-        lines += [""] + _headline(by_key, model, batch, attack) + _per_round(rounds, model, batch, attack) + [""]
+        lines += [""] + _headline(by_key, model, batch, attack) + _per_round(every_round, model, batch, attack) + [""]
     return "\n".join(lines) + "\n"
 
 
