@@ -141,3 +141,22 @@ def test_every_shell_script_is_portable_fails_loudly_and_is_exercised():
         if name != ".ci/run" and os.path.basename(name) not in tests_text:
             problems.append(f"{name}: no test runs it")
     assert not problems, "\n".join(problems)
+
+
+def test_a_hanging_test_fails_at_the_suites_per_test_limit_instead_of_stalling(tmp_path):
+    """pytest-timeout is installed (the ``test`` extra) and the suite sets a per-test limit:
+    a test that hangs (as a worker stuck on a crashed TensorFlow kernel once did, for six
+    minutes at 0% CPU) fails with its stack rather than stalling CI."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    limit = float(cfg["tool:pytest"]["timeout"])
+    assert 0 < limit <= 900
+    assert "pytest-timeout" in cfg["options.extras_require"]["test"]
+    (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hangs():\n    time.sleep(120)\n")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                          "--timeout=2", str(tmp_path / "test_hang.py")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "Timeout" in out.stdout and "1 failed" in out.stdout

@@ -12,6 +12,13 @@ from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig, fit
 ATTACK = attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=3)
 
 
+def _fixed_batches(x, y, size):
+    """Fixed-size batches as an explicit dataset: PrivateRobustModel.fit refuses NumPy
+    arrays under DP (Keras would batch them silently), and these tests check the step's
+    mechanics, not the sampling."""
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(size)
+
+
 def _model(tiny_images, norm="public_bn", net=None, **train_kwargs):
     _, _, public = tiny_images
     cfg = TrainConfig(expected_batch_size=8, attack=train_kwargs.pop("attack", ATTACK), **train_kwargs)
@@ -101,6 +108,73 @@ def test_same_seed_gives_different_noise_unless_insecure(tiny_images):
     np.testing.assert_array_equal(c, d)
 
 
+class _RowGuard(tf.keras.layers.Layer):
+    """Identity that fails whenever the network is run on a batch with no rows: on CPUs
+    without AVX2, TensorFlow's oneDNN kernels return wrong shapes or abort on one, so the
+    train step must never let a zero-row batch reach the network (on any CPU)."""
+
+    def call(self, x):
+        if x.shape[0] == 0:
+            raise AssertionError("a zero-row batch reached the network")
+        with tf.control_dependencies([tf.debugging.assert_positive(
+                tf.shape(x)[0], message="a zero-row batch reached the network")]):
+            return tf.identity(x)
+
+
+per_example.register_per_example_layer(_RowGuard)
+
+
+def _guarded_net():
+    return tf.keras.Sequential([
+        tf.keras.Input((28, 28, 1)), _RowGuard(), tf.keras.layers.Conv2D(4, 3, activation="relu"),
+        tf.keras.layers.GroupNormalization(groups=2), tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("path", ["book_keeping", "vectorized_map"])
+@pytest.mark.parametrize("adv_weight,clip", [(0.0, "flat"), (0.5, "flat"), (1.0, "automatic"), (0.5, "adaptive")])
+def test_an_empty_poisson_batch_is_exactly_the_noise_on_every_dp_path(tiny_images, monkeypatch, compiled, path,
+                                                                      adv_weight, clip):
+    """An empty batch is a pure-noise step: the update is exactly -lr sigma C z / B with z the
+    secret generator's next draws (replayed here from an insecure seed), adaptive clipping
+    moves C by the noised count of zero examples, and the network never sees zero rows."""
+    x, y, _ = tiny_images
+    if path == "vectorized_map":
+        monkeypatch.setattr(per_example, "supports", lambda net: False)
+    sigma, c, b, lr, seed = 2.0, 0.5, 4, 0.1, 123
+    dp = DPConfig(l2_clip=c, noise_multiplier=sigma, insecure_noise_seed=seed, clipping=clip)
+    model = PrivateRobustModel(_guarded_net(), TrainConfig(
+        expected_batch_size=b, learning_rate=lr, dp=dp, adv_weight=adv_weight, attack=ATTACK))
+    model.compile()
+    spec = (tf.TensorSpec([None, 28, 28, 1], tf.float32), tf.TensorSpec([None], tf.int64))
+    step = tf.function(model.train_step, input_signature=[spec]) if compiled else model.train_step
+    step((tf.constant(x[:3]), tf.constant(y[:3])))  # a real batch first: the same graph then meets an empty one
+    before = [v.numpy().copy() for v in model.net.trainable_variables]
+    bound = float(model.clip_bound.numpy())
+    state = model.noise_generator.state.numpy().copy()
+    logs = step((tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64)))
+
+    replay = tf.random.Generator.from_state(state, alg="philox")
+    for b0, v in zip(before, model.net.trainable_variables):
+        noise = replay.normal(v.shape, stddev=sigma * bound).numpy()
+        np.testing.assert_allclose(v.numpy() - b0, -lr * noise / b, rtol=1e-5, atol=1e-7)
+    if clip == "adaptive":
+        count = replay.normal([], stddev=b / 20.0).numpy()
+        fraction = count / b + 0.5
+        np.testing.assert_allclose(model.clip_bound.numpy(), bound * np.exp(-0.2 * (fraction - 0.5)), rtol=1e-5)
+    assert int(logs["dropped"]) == 0
+
+
+def test_an_empty_batch_without_dp_is_a_zero_gradient_not_nan(tiny_images):
+    model = PrivateRobustModel(_guarded_net(), TrainConfig(expected_batch_size=4, dp=DPConfig(enabled=False),
+                                                           attack=ATTACK))
+    model.compile()
+    before = [v.numpy().copy() for v in model.net.trainable_variables]
+    model.train_step((tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64)))
+    for b0, v in zip(before, model.net.trainable_variables):
+        np.testing.assert_array_equal(v.numpy(), b0)
+
+
 def test_empty_poisson_batch_is_a_pure_noise_step(tiny_images):
     model = _model(tiny_images, norm="group", dp=DPConfig(l2_clip=1.0, noise_multiplier=1.0), attack=None)
     before = [v.numpy().copy() for v in model.net.trainable_variables]
@@ -164,7 +238,7 @@ def test_noise_reaches_the_update_with_std_sigma_c_over_b(tiny_images):
 def test_baselines_train(tiny_images, kwargs):
     x, y, _ = tiny_images
     model = _model(tiny_images, **kwargs)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    history = model.fit(_fixed_batches(x, y, 8), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
 
 
@@ -175,7 +249,7 @@ def test_every_optimizer_trains_with_dp_and_pgd(tiny_images, tiny_dense_model, o
     x, y, _ = tiny_images
     model = _model(tiny_images, net=tiny_dense_model, optimizer=optimizer)
     before = [v.numpy().copy() for v in model.net.trainable_variables]
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    history = model.fit(_fixed_batches(x, y, 8), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][-1])
     assert int(model.optimizer.iterations.numpy()) == 4
     assert all(np.any(a != b.numpy()) for a, b in zip(before, model.net.trainable_variables))
@@ -187,7 +261,7 @@ def test_fit_traces_the_step_once(tiny_images, tiny_dense_model, optimizer):
     # trace the whole DP step a second time (what PrivateRobustModel.fit prevents).
     x, y, _ = tiny_images
     model = _model(tiny_images, net=tiny_dense_model, optimizer=optimizer)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.fit(_fixed_batches(x, y, 8), epochs=1, verbose=0)
     assert model.train_function.experimental_get_tracing_count() == 1
 
 
@@ -279,3 +353,11 @@ def test_clip_bias_cosine_is_opt_in_and_equals_the_per_example_reference(tiny_im
         clipped = (flat * np.minimum(1, 0.05 / norms)[:, None]).sum(0)
         cosine = clipped @ flat.sum(0) / np.linalg.norm(clipped) / np.linalg.norm(flat.sum(0))
         assert float(diag["diag_clip_bias_cosine"]) == pytest.approx(cosine, abs=1e-5) and cosine < 0.9999
+
+
+def test_the_tensorflow_privacy_path_refuses_an_empty_batch_in_one_line(tiny_images):
+    """tensorflow-privacy divides by the batch's size; its path runs only on fixed-size
+    (shuffled) batches, and an empty one is refused with a message naming the fix."""
+    model = _model(tiny_images, norm="group", dp=DPConfig(path="tf_privacy"), attack=None)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="--dp_path=vectorized"):
+        model.train_step((tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64)))

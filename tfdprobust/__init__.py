@@ -1,5 +1,13 @@
 """tfdprobust: differentially private and adversarially robust Keras models.
 
+Bring your own Keras model::
+
+    import tfdprobust as tdp
+    model = tdp.make_private(net, num_examples=len(x), expected_batch_size=64, epochs=5,
+                             target_epsilon=3.0, attack="pgd_linf")
+    model.fit(x, y, epochs=5)      # Poisson batches drawn by the trainer itself
+    print(model.guarantee)         # "(2.98, 1e-06)-DP, example-level, ..."
+
 The package is flat; each module names one concept:
 
 * ``data``          real loaders (TFDS, raw IDX/npz) with a fast, visible offline fallback
@@ -16,6 +24,29 @@ The package is flat; each module names one concept:
 * ``evaluate``      robustness evaluation of exported models
 * ``audit``         membership-inference privacy audit (empirical lower bounds on epsilon)
 * ``tuning``        Keras Tuner search over clipping norm x learning rate (``python -m tfdprobust.tune``)
+* ``engine``        the facade: :func:`make_private` wraps a user's model, with the guarantee attached
+
+Importing the package loads no TensorFlow (the CLIs check their flags first); the names
+below load on first use.
 """
+
+import importlib
+
+_LAZY = {
+    "make_private": "tfdprobust.engine", "PrivateTrainer": "tfdprobust.engine",
+    "StopAtEpsilon": "tfdprobust.engine", "AttackConfig": "tfdprobust.attacks",
+    "DPConfig": "tfdprobust.train_step", "TrainConfig": "tfdprobust.train_step",
+    "PrivateRobustModel": "tfdprobust.train_step",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfdprobust' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 __version__ = "0.1.0"

@@ -161,8 +161,8 @@ def global_mean(values: tf.Tensor) -> tf.Tensor:
     the local values over the global count, so that the optimizer's usual cross-replica
     SUM of gradients yields the gradient of the global mean (non-private runs)."""
     context = _replica_context()
-    if context is None:
-        return tf.reduce_mean(values)
+    if context is None:  # no NaN on an empty (Poisson) batch: its step is a zero gradient
+        return tf.math.divide_no_nan(tf.reduce_sum(values), tf.cast(tf.size(values), values.dtype))
     count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.size(values), values.dtype))
     return tf.math.divide_no_nan(tf.reduce_sum(values), count)
 

@@ -205,11 +205,14 @@ class PrivateRobustModel(tf.keras.Model):
         >>> import numpy as np
         >>> from tfdprobust.models import ModelConfig, build_model
         >>> net = build_model(ModelConfig(norm="group"))
+        >>> from tfdprobust.sampling import PoissonSampler
         >>> model = PrivateRobustModel(net, TrainConfig(expected_batch_size=8))
         >>> model.compile()
         >>> x = np.random.default_rng(0).random((16, 28, 28, 1), np.float32)
         >>> y = np.arange(16) % 10
-        >>> history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        >>> sampler = PoissonSampler(len(x), 8)
+        >>> batches = sampler.dataset(x, y, tf.random.Generator.from_non_deterministic_state())
+        >>> history = model.fit(batches, steps_per_epoch=sampler.steps_per_epoch, epochs=1, verbose=0)
         >>> sorted(k for k in history.history if not k.startswith("diag_"))  # diag_*: private diagnostics
         ['acc', 'adv_acc', 'clip_bound', 'dropped', 'loss']
     """
@@ -252,6 +255,11 @@ class PrivateRobustModel(tf.keras.Model):
         its first ``apply_gradients``, inside the train step. Creating them here halves
         the start-up of every run (one trace of the DP step instead of two).
         """
+        data = args[0] if args else kwargs.get("x")
+        require(not self.config.dp.enabled or isinstance(data, tf.data.Dataset),
+                "under DP, fit(x, y) would train on Keras' fixed-size shuffled batches, which the privacy "
+                "accounting does not describe; use tfdprobust.make_private(net, ...).fit(x, y), which draws "
+                "Poisson batches, or pass a sampler's dataset (tfdprobust.sampling)")
         if hasattr(self.optimizer, "_create_all_weights"):  # Keras-2 (legacy) optimizers
             with self.distribute_strategy.scope(), tf.name_scope(self.optimizer._name):
                 self.optimizer._create_all_weights(self.net.trainable_variables)
@@ -278,7 +286,8 @@ class PrivateRobustModel(tf.keras.Model):
         """Adversarial examples against the current network; changes no state."""
         if not self.config.robust:
             return x
-        return attacks.generate(lambda z: self.net(z, training=False), x, y, self.config.attack)
+        return _unless_empty(x, lambda: attacks.generate(lambda z: self.net(z, training=False), x, y,
+                                                         self.config.attack), lambda: tf.identity(x))
 
     def rows(self, x: tf.Tensor, x_adv: tf.Tensor, y: tf.Tensor):
         """The rows that enter the loss, their labels and weights, and copies per example.
@@ -302,9 +311,11 @@ class PrivateRobustModel(tf.keras.Model):
             ``(losses, row_logits)``, the logits of :meth:`rows` (for metrics).
         """
         rows, labels, weights, copies = self.rows(x, x_adv, y)
+        rows, labels, weights, count = per_example.stand_in_if_empty(rows, labels, weights, copies)
         logits = self.net(rows, training=False)
         losses = per_example.row_losses(logits, labels, weights)
-        return (tf.add_n(tf.split(losses, copies)) if copies > 1 else losses), logits
+        losses = tf.add_n(tf.split(losses, copies)) if copies > 1 else losses
+        return losses[:count // copies], logits[:count]
 
     def per_example_gradients(self, x, x_adv, y) -> Tuple[List[tf.Tensor], tf.Tensor]:
         """Each private example's gradient of its :meth:`example_losses` term, written out
@@ -380,6 +391,10 @@ class PrivateRobustModel(tf.keras.Model):
             grads, logits, diag = self.private_step(x, x_adv, y)
             distribute.apply_summed(self.optimizer, zip(grads, variables))  # already summed over replicas
         else:
+            if dp.enabled:  # tensorflow-privacy divides by the batch's size: refused with Poisson batches
+                tf.debugging.assert_positive(tf.shape(y)[0], message=(
+                    "--dp_path=tf_privacy cannot take an empty batch (it divides by the batch size); "
+                    "use --dp_path=vectorized"))
             with tf.GradientTape() as tape:
                 losses, logits = self.example_losses(x, x_adv, y)
                 # tensorflow-privacy's optimizers take the *vector* of per-example losses.
@@ -405,7 +420,8 @@ class PrivateRobustModel(tf.keras.Model):
             clean = first
         else:
             self.adv_accuracy.update_state(y, first)
-            clean = row_logits[batch:] if self.config.adv_weight < 1 else self.net(x, training=False)
+            clean = (row_logits[batch:] if self.config.adv_weight < 1 else
+                     _unless_empty(x, lambda: self.net(x, training=False), lambda: tf.zeros_like(first)))
         self.clean_accuracy.update_state(y, clean)
         self.loss_tracker.update_state(
             tf.keras.losses.sparse_categorical_crossentropy(y, first, from_logits=True))
@@ -417,6 +433,14 @@ class PrivateRobustModel(tf.keras.Model):
             tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
         self.clean_accuracy.update_state(y, logits)
         return {m.name: m.result() for m in (self.loss_tracker, self.clean_accuracy)}
+
+
+def _unless_empty(x: tf.Tensor, compute, empty):
+    """``compute()``, or ``empty()`` when ``x`` has no rows: a guard in the graph, so no
+    kernel runs on a zero-row batch (see :func:`tfdprobust.per_example.stand_in_if_empty`)."""
+    if x.shape[0] is not None and x.shape[0] > 0:
+        return compute()
+    return tf.cond(tf.shape(x)[0] > 0, compute, empty)
 
 
 # --------------------------------------------------------------------------- callbacks

@@ -66,7 +66,8 @@ fallback) and :mod:`~tfdprobust.per_example.driver` (the passes and the clipped 
 
 from tfdprobust.per_example.costs import MATERIALIZED_ELEMENT_COST, choose_method, norm_costs
 from tfdprobust.per_example.driver import (METHODS, ClippedSum, clipped_sum, fold_rows, per_example_gradients,
-                                           row_losses, squared_norms, vectorized_map_gradients)
+                                           row_losses, squared_norms, stand_in_if_empty,
+                                           vectorized_map_gradients)
 from tfdprobust.per_example.factors import ConvFactors, DenseFactors, Factors, Piece
 from tfdprobust.per_example.registry import (REGISTRY, LayerRule, RuleRegistry, register_per_example_layer,
                                              register_rule, rule_for, supports, validate_network)
@@ -76,5 +77,5 @@ __all__ = [
     "MATERIALIZED_ELEMENT_COST", "METHODS", "REGISTRY", "ClippedSum", "ConvFactors", "DenseFactors", "Factors",
     "LayerRule", "Piece", "RuleRegistry", "choose_method", "clipped_sum", "fold_rows", "norm_costs",
     "one_example_vjps", "per_example_gradients", "register_per_example_layer", "register_rule", "row_losses",
-    "rule_for", "squared_norms", "supports", "validate_network", "vectorized_map_gradients",
+    "rule_for", "squared_norms", "stand_in_if_empty", "supports", "validate_network", "vectorized_map_gradients",
 ]

@@ -22,6 +22,34 @@ def row_losses(logits: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> tf.T
     return weights * tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
 
+def stand_in_if_empty(inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
+                      copies: int = 1) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The batch, or ``copies`` all-zero rows of weight 0 when it has no rows.
+
+    An empty batch is ordinary under Poisson sampling (probability ``(1 - q)^N`` per step),
+    but no kernel may be trusted with one: on CPUs without AVX2, TensorFlow 2.15's oneDNN
+    convolution returns a wrong shape for a zero-row input, and a compiled graph with group
+    normalization aborts the process (TensorFlow 2.21 fails an eager ``Conv2D`` too). So
+    the guard is in the graph, not in a kernel's zero-size behaviour: an empty batch is
+    replaced by a data-independent stand-in whose loss weight is 0, so its gradient, norm
+    and every sum it enters are exactly zero; the callers slice its rows back off.
+
+    Returns:
+        ``(inputs, labels, weights, rows)``: what to compute on, and the real row count.
+    """
+    rows = tf.shape(inputs)[0]
+    if inputs.shape[0] is not None and inputs.shape[0] > 0:  # statically non-empty: no guard
+        return inputs, labels, weights, rows
+
+    def stand_in():
+        shape = tf.concat([[copies], tf.shape(inputs)[1:]], 0)
+        return (tf.zeros(shape, inputs.dtype), tf.zeros([copies], labels.dtype),
+                tf.zeros([copies], weights.dtype))
+
+    inputs, labels, weights = tf.cond(rows > 0, lambda: (inputs, labels, weights), stand_in)
+    return inputs, labels, weights, rows
+
+
 @dataclasses.dataclass
 class _Use:
     """One call of a trainable layer in the graph walk."""
@@ -202,8 +230,9 @@ def squared_norms(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, wei
     Returns:
         ``(squared, logits, methods)``: ``squared[k]`` is ``[B]`` for ``net.trainable_variables[k]``.
     """
+    inputs, labels, weights, rows = stand_in_if_empty(inputs, labels, weights, copies)
     book = _Book(net, inputs, labels, weights, copies, method, sums=1)
-    return [e.squared for e in book.entries], book.logits, book.methods
+    return [e.squared[:rows // copies] for e in book.entries], book.logits[:rows], book.methods
 
 
 def clipped_sum(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
@@ -220,12 +249,16 @@ def clipped_sum(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weigh
         gamma: automatic clipping's stabilizer.
         unclipped: also return the plain gradient sum (the clipping diagnostics' cosine).
     """
+    inputs, labels, weights, rows = stand_in_if_empty(inputs, labels, weights, copies)
     book = _Book(net, inputs, labels, weights, copies, method, sums=2 if unclipped else 1)
     scales, norms = clipping.clip_factors([e.squared for e in book.entries], bound, clipping_name, gamma)
     keep = tf.math.is_finite(norms)
     sets = [scales, [tf.ones_like(norms)] * len(scales)] if unclipped else [scales]
     sums = book.weighted_sums(sets, keep)
-    return ClippedSum(sums[0], norms, book.logits, sums[1] if unclipped else None, book.methods)
+    # A stand-in's rows weigh 0, so its sums are exactly zero already; only its norms and
+    # logits (which adaptive clipping and the metrics count) are cut off.
+    return ClippedSum(sums[0], norms[:rows // copies], book.logits[:rows], sums[1] if unclipped else None,
+                      book.methods)
 
 
 def per_example_gradients(
@@ -250,14 +283,14 @@ def per_example_gradients(
     Returns:
         ``(grads, logits)``: ``grads[k]`` is ``[rows, *net.trainable_variables[k].shape]``.
     """
+    inputs, labels, weights, rows = stand_in_if_empty(inputs, labels, weights)
     uses, logits = _forward_backward(net, inputs, labels, weights)
     by_var: Dict[int, tf.Tensor] = {}
     for use in uses:
         for weight, grad in zip(use.layer.trainable_weights, use.rule.per_example(use.layer, use.a, use.dpre)):
             by_var[id(weight)] = by_var[id(weight)] + grad if id(weight) in by_var else grad
-    rows = tf.shape(inputs)[0]
-    return [by_var[id(v)] if id(v) in by_var else tf.zeros(tf.concat([[rows], v.shape], 0), v.dtype)
-            for v in net.trainable_variables], logits
+    return [by_var[id(v)][:rows] if id(v) in by_var else tf.zeros(tf.concat([[rows], v.shape], 0), v.dtype)
+            for v in net.trainable_variables], logits[:rows]
 
 
 def vectorized_map_gradients(
@@ -269,6 +302,7 @@ def vectorized_map_gradients(
 
     Same contract as :func:`per_example_gradients`, for any network.
     """
+    inputs, labels, weights, rows = stand_in_if_empty(inputs, labels, weights)
     variables = net.trainable_variables
     logits = net(inputs, training=False)
 
@@ -277,7 +311,7 @@ def vectorized_map_gradients(
         return tf.reduce_sum(row_losses(net(one_input, training=False), one_label, one_weight))
 
     grads = one_example_vjps(fn, variables, (inputs, labels, weights), vectorize=_vectorizable(net))
-    return list(grads), logits
+    return [g[:rows] for g in grads], logits[:rows]
 
 
 def fold_rows(grads: Sequence[tf.Tensor], copies: int) -> List[tf.Tensor]:
