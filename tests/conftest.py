@@ -3,7 +3,10 @@
 import os
 
 import numpy as np
+import tfdprobust  # noqa: F401  (selects Keras 2 as tf.keras before any test touches it)
 import pytest
+
+from tfdprobust import compat
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
@@ -70,3 +73,16 @@ def tiny_dense_model(monkeypatch):
 
     monkeypatch.setitem(models.MODELS._entries, "tiny_test_dense", tiny)  # noqa: SLF001 - test-only entry
     return models.ModelConfig(name="tiny_test_dense", norm="none")
+
+
+def pytest_runtest_setup(item):
+    """Tests marked ``tfprivacy`` cross-check against tensorflow-privacy. It installs only on
+    the reference stack (Python < 3.12, the ``tfprivacy`` extra): elsewhere they skip with
+    that reason; on the reference stack its absence is a failure, since a skipped privacy
+    cross-check there would hide a broken install."""
+    if item.get_closest_marker("tfprivacy") is None or compat.has_tf_privacy():
+        return
+    if compat.reference_stack():
+        pytest.fail("tensorflow-privacy is missing on the reference stack (Python < 3.12): "
+                    "pip install -e '.[test,tfprivacy]'", pytrace=False)
+    pytest.skip("needs tensorflow-privacy: only on the reference stack (Python 3.11 with the tfprivacy extra)")

@@ -6,7 +6,6 @@ import dp_accounting
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as tfp_lib
 
 from tfdprobust import accounting
 from tfdprobust.accounting import AccountingSpec
@@ -34,8 +33,11 @@ def test_poisson_epsilon_equals_dp_accounting(n, b, epochs, sigma, delta):
     assert accounting.epsilon(spec) == pytest.approx(_direct_rdp(event, delta), rel=1e-12)
 
 
+@pytest.mark.tfprivacy
 @pytest.mark.parametrize("n,b,epochs,sigma,delta", CASES)
 def test_epsilons_equal_tensorflow_privacy_statement(n, b, epochs, sigma, delta):
+    from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib as tfp_lib
+
     # tensorflow-privacy's statement: "each example once per epoch" and "Poisson sampling".
     # Shuffled batches are accounted under replace-one adjacency (sensitivity 2C), which is
     # tf-privacy's once-per-epoch figure at noise multiplier sigma / 2.

@@ -112,6 +112,7 @@ def test_unsupported_combinations_name_the_flag(kwargs, needle):
         RunConfig.make(**kwargs)
 
 
+@pytest.mark.tfprivacy
 def test_tf_privacy_path_is_refused_under_a_strategy():
     with pytest.raises(UsageError, match="--dp_path=vectorized"):
         RunConfig.make(train=TrainConfig(dp=DPConfig(path="tf_privacy")), sampling="shuffle", strategy="mirrored")

@@ -326,6 +326,7 @@ def test_an_empty_batch_gives_zero_sums_compiled(tiny_images):
     assert all(float(tf.reduce_max(tf.abs(s))) == 0.0 for s in sums)
 
 
+@pytest.mark.tfprivacy
 def test_the_registry_is_a_tensorflow_privacy_layer_registry(tiny_images):
     """tensorflow-privacy's own ghost-norm driver, given our registry, gets our norms on a
     convolutional network (its default registry has no Conv2D)."""

@@ -32,6 +32,7 @@ def _batch(tiny_images, n=8):
     return tf.constant(x[:n]), tf.constant(y[:n])
 
 
+@pytest.mark.tfprivacy
 @pytest.mark.parametrize("adv_weight", [0.0, 0.5, 1.0])
 def test_dp_paths_agree_without_noise(tiny_images, adv_weight):
     dp = DPConfig(l2_clip=0.05, noise_multiplier=0.0, path="tf_privacy")
@@ -233,7 +234,7 @@ def test_noise_reaches_the_update_with_std_sigma_c_over_b(tiny_images):
 @pytest.mark.parametrize("kwargs", [
     dict(dp=DPConfig(enabled=False)),
     dict(attack=None),
-    dict(dp=DPConfig(path="tf_privacy"), attack=None),
+    pytest.param(dict(dp=DPConfig(path="tf_privacy"), attack=None), marks=pytest.mark.tfprivacy),
 ])
 def test_baselines_train(tiny_images, kwargs):
     x, y, _ = tiny_images
@@ -355,9 +356,20 @@ def test_clip_bias_cosine_is_opt_in_and_equals_the_per_example_reference(tiny_im
         assert float(diag["diag_clip_bias_cosine"]) == pytest.approx(cosine, abs=1e-5) and cosine < 0.9999
 
 
+@pytest.mark.tfprivacy
 def test_the_tensorflow_privacy_path_refuses_an_empty_batch_in_one_line(tiny_images):
     """tensorflow-privacy divides by the batch's size; its path runs only on fixed-size
     (shuffled) batches, and an empty one is refused with a message naming the fix."""
     model = _model(tiny_images, norm="group", dp=DPConfig(path="tf_privacy"), attack=None)
     with pytest.raises(tf.errors.InvalidArgumentError, match="--dp_path=vectorized"):
         model.train_step((tf.zeros([0, 28, 28, 1]), tf.zeros([0], tf.int64)))
+
+
+def test_without_tensorflow_privacy_its_path_is_refused_in_one_line_naming_the_extra(monkeypatch):
+    from tfdprobust import compat
+
+    monkeypatch.setattr(compat, "has_tf_privacy", lambda: False)
+    with pytest.raises(UsageError) as err:
+        TrainConfig(dp=DPConfig(path="tf_privacy"))
+    assert "--dp_path=tf_privacy" in str(err.value) and "[tfprivacy]" in str(err.value)
+    assert "--dp_path=vectorized" in str(err.value) and "\n" not in str(err.value)

@@ -57,6 +57,7 @@ def test_steps_taken_equal_the_steps_accounted(tiny_private, tiny_dense_model):
     assert int(trained.trainer.optimizer.iterations.numpy()) == trained.steps
 
 
+@pytest.mark.tfprivacy
 def test_tf_privacy_with_poisson_sampling_is_refused():
     train = TrainConfig(dp=DPConfig(path="tf_privacy"))
     with pytest.raises(UsageError, match="--dp_path=tf_privacy .*--sampling=shuffle"):

@@ -31,6 +31,13 @@ below load on first use.
 """
 
 import importlib
+import os
+
+# Keras 2 for tf.keras on TensorFlow >= 2.16 (the `tf-keras` package; see tfdprobust.compat).
+# TensorFlow reads it when tf.keras is first touched, so it works after `import tensorflow`
+# too, as long as nothing used tf.keras yet (compat.check_keras refuses Keras 3 in one line
+# otherwise). TensorFlow 2.15 ignores it.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 _LAZY = {
     "make_private": "tfdprobust.engine", "PrivateTrainer": "tfdprobust.engine",

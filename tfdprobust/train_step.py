@@ -40,13 +40,14 @@ import math
 from typing import List, Optional, Tuple
 
 import tensorflow as tf
-from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
-from tfdprobust import accounting, attacks, clipping, diagnostics, distribute, optimizers, per_example, randomness
+from tfdprobust import (accounting, attacks, clipping, compat, diagnostics, distribute, optimizers, per_example,
+                        randomness)
 from tfdprobust.errors import UsageError, require
 from tfdprobust.normalization import has_public_normalization, update_public_statistics
 from tfdprobust.registry import Registry
 
+compat.check_keras()
 DP_PATHS = ("vectorized", "tf_privacy")
 
 
@@ -143,6 +144,8 @@ class TrainConfig:
         spec = OPTIMIZERS.get(self.optimizer)
         require(not getattr(spec, "requires_dp", False) or self.dp.enabled,
                 f"--optimizer={self.optimizer} corrects for DP noise; use it with --dp (or adam with --nodp)")
+        require(not (self.dp.enabled and self.dp.path == "tf_privacy") or compat.has_tf_privacy(),
+                f"--dp_path=tf_privacy {compat.TF_PRIVACY_INSTALL}; use --dp_path=vectorized (the default)")
         require(spec.keras_class is not None or not (self.dp.enabled and self.dp.path == "tf_privacy"),
                 f"--optimizer={self.optimizer} cannot be wrapped by tensorflow-privacy; use --dp_path=vectorized")
         require(math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1e6,
@@ -179,6 +182,9 @@ class TrainConfig:
         tensorflow-privacy's DP version of a Keras class."""
         spec = OPTIMIZERS.get(self.optimizer)
         if self.dp.enabled and self.dp.path == "tf_privacy":
+            compat.require_tf_privacy()
+            from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+
             dp_class = dp_optimizer_keras.make_keras_optimizer_class(spec.keras_class)
             # num_microbatches=None: one microbatch per example, i.e. per-example clipping.
             return dp_class(l2_norm_clip=self.dp.l2_clip, noise_multiplier=self.dp.noise_multiplier,

@@ -1,4 +1,4 @@
-"""The layer-rule registry (a tensorflow-privacy ``LayerRegistry``), which networks the fast
+"""The layer-rule registry (a tensorflow-privacy ``LayerRegistry`` where it is installed), which networks the fast
 path can walk, and the default-deny list of layers allowed under DP (like Opacus'
 ``ModuleValidator``)."""
 
@@ -6,7 +6,6 @@ import dataclasses
 from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
-from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry as tfp_layer_registry
 
 from tfdprobust import graph, layers
 from tfdprobust.errors import UsageError
@@ -80,7 +79,35 @@ class LayerRule:
         return pre, out, sqr_norm_fn
 
 
-class RuleRegistry(tfp_layer_registry.LayerRegistry):
+def _layer_registry_base() -> type:
+    """tensorflow-privacy's ``LayerRegistry`` where it is installed (the reference stack), so
+    ``REGISTRY`` can be handed to its ghost-norm driver; elsewhere a class with the same
+    contract (``insert``, ``lookup``, ``is_elem`` keyed by ``hash(layer_class)``)."""
+    from tfdprobust import compat
+
+    if compat.has_tf_privacy():
+        from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry
+
+        return layer_registry.LayerRegistry
+
+    class LayerRegistry:
+        def __init__(self):
+            self._layer_class_dict, self._registry = {}, {}
+
+        def is_elem(self, layer_instance) -> bool:
+            return hash(type(layer_instance)) in self._registry
+
+        def lookup(self, layer_instance):
+            return self._registry[hash(type(layer_instance))]
+
+        def insert(self, layer_class, layer_registry_function) -> None:
+            self._layer_class_dict[hash(layer_class)] = layer_class
+            self._registry[hash(layer_class)] = layer_registry_function
+
+    return LayerRegistry
+
+
+class RuleRegistry(_layer_registry_base()):
     """tensorflow-privacy's ``LayerRegistry`` holding :class:`LayerRule` objects (keyed by the
     exact layer class, as there: a subclass that changes the computation gets no rule by
     inheritance). ``is_elem`` also asks the rule's ``applies``, so tensorflow-privacy never
