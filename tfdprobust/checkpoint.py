@@ -170,10 +170,6 @@ class State:
         return int(self.manifest["steps"])
 
 
-def _names(variables) -> List[str]:
-    return [v.name for v in variables]
-
-
 def _optimizer_variables(trainer) -> list:
     """The optimizer's variables (step counter first, then the slots), created if not yet."""
     import tensorflow as tf
@@ -190,8 +186,8 @@ def capture(trainer, manifest: Dict[str, Any]) -> State:
     optimizer = _optimizer_variables(trainer)
     steps = int(trainer.optimizer.iterations.numpy())
     manifest = dict(manifest, format=FORMAT, steps=steps,
-                    net_variables=[[n, list(v.shape)] for n, v in zip(_names(trainer.net.weights), trainer.net.weights)],
-                    optimizer_variables=[[n, list(v.shape)] for n, v in zip(_names(optimizer), optimizer)])
+                    net_variables=[[v.name, list(v.shape)] for v in trainer.net.weights],
+                    optimizer_variables=[[v.name, list(v.shape)] for v in optimizer])
     return State(tuple(v.numpy() for v in trainer.net.weights), tuple(v.numpy() for v in optimizer),
                  np.asarray(trainer.clip_bound.numpy()), manifest)
 
@@ -205,7 +201,7 @@ def restore(trainer, state: State) -> None:
     optimizer = _optimizer_variables(trainer)
     for kind, variables, values in (("net", trainer.net.weights, state.net), ("optimizer", optimizer, state.optimizer)):
         saved = [tuple(entry) for entry in state.manifest[f"{kind}_variables"]]
-        here = [(n, list(v.shape)) for n, v in zip(_names(variables), variables)]
+        here = [(v.name, list(v.shape)) for v in variables]
         require(len(saved) == len(here) and all(s[1] == h[1] for s, h in zip(saved, here)),
                 f"--resume: the checkpoint's {kind} variables do not match this run's ({len(saved)} saved, "
                 f"{len(here)} here); resume with the same flags, or start a new run with another --run_name")

@@ -20,7 +20,7 @@ import importlib.metadata
 import os
 import secrets
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
