@@ -124,3 +124,86 @@ def test_unwritable_destination_fails_before_any_work(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UsageError, match="--export_dir"):
         export.check_destination(str(blocker / "run"))
+
+
+# ----------------------------------------------------------------------------- claims and stale temporaries
+def _dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=60)
+    return int(proc.stdout)
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+    out = str(tmp_path / "exports" / "same")
+    claim = export.Claim(out).acquire()
+    assert open(claim.path).read() == str(os.getpid())
+    with pytest.raises(UsageError, match=f"{out} is claimed by another run .*another --run_name, or wait"):
+        export.Claim(out).acquire()
+    claim.release()
+    assert not os.path.exists(claim.path)
+    export.Claim(out).acquire().release()
+    assert not (tmp_path / "exports").exists()  # the folder the claim created, empty again, is removed
+
+
+def test_the_claim_of_a_killed_run_is_taken_over(tmp_path):
+    out = str(tmp_path / "same")
+    code = (f"import os, signal\nfrom tfdprobust import export\nexport.Claim({out!r}).acquire()\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert os.listdir(tmp_path) == [".same.claim"]  # left behind by SIGKILL, but no longer locked
+    assert export.clean_stale_temporaries(str(tmp_path)) == [".same.claim"] and not os.listdir(tmp_path)
+    claim = export.Claim(out).acquire()  # and a run takes a stale claim over in any case
+    claim.release()
+
+
+def test_a_run_start_cleans_the_temporaries_of_dead_processes(tmp_path):
+    """What kill -9 during an export leaves (an empty hidden ``.<name>.tmp-<pid>-*`` folder, a
+    ``.tmp-<pid>-*.json``) is removed when the next run claims its destination; temporaries
+    of live processes and other files stay."""
+    dead, live = _dead_pid(), os.getpid()
+    (tmp_path / f".run.tmp-{dead}-abc123").mkdir()
+    (tmp_path / f".tmp-{dead}-xyz.json").write_text("{")
+    (tmp_path / f".other.tmp-{live}-q1").mkdir()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept.json").write_text("{}")
+    claims = export.claim_destinations(str(tmp_path), "new")
+    try:
+        assert sorted(os.listdir(tmp_path)) == [".new.claim", f".other.tmp-{live}-q1", "kept", "kept.json"]
+    finally:
+        for claim in claims:
+            claim.release()
+    assert sorted(os.listdir(tmp_path)) == [f".other.tmp-{live}-q1", "kept", "kept.json"]
+
+
+def test_a_claimed_destination_that_was_exported_meanwhile_is_refused(tmp_path):
+    (tmp_path / "done").mkdir()
+    with pytest.raises(UsageError, match="already exists"):
+        export.claim_destinations(str(tmp_path), "done")
+    assert os.listdir(tmp_path) == ["done"]  # the claim was released and removed
+
+
+@pytest.mark.integration
+def test_two_runs_with_one_run_name_cannot_both_export(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "-m", "tfdprobust.experiments.mnist", "--max_train=200", "--max_test=50",
+            "--batch_size=20", "--epochs=2", "--attack=none", "--eps=0", "--noise=1", "--learning_rate=0.5",
+            "--norm=group", "--verbose=0", f"--export_dir={tmp_path}/out", "--run_name=same"]
+    env = {**os.environ, "PYTHONPATH": root}
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env=env) for _ in range(2)]
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outputs
+    loser = next(err for p, (_, err) in zip(procs, outputs) if p.returncode == 2)
+    lines = [line for line in loser.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and os.path.join(str(tmp_path), "out", "same") in lines[0]
+    assert "--run_name" in lines[0]
+    assert sorted(os.listdir(tmp_path / "out")) == ["same", "same.json"]
+    assert json.loads((tmp_path / "out" / "same" / "metadata.json").read_text())["steps"] == 20

@@ -62,6 +62,10 @@ class AccountingSpec:
         extra_noise_multipliers: further Gaussian releases on every step's batch, as noise
             std over add-or-remove-one sensitivity (adaptive clipping's noised count,
             :func:`tfdprobust.clipping.count_noise_multiplier`); composed into the event.
+        interrupted_steps: steps that earlier, killed attempts of this run took after their
+            last checkpoint, one entry per interruption (:mod:`tfdprobust.checkpoint`). The
+            resumed model does not contain them, but their noise was drawn and their models
+            may have been seen, so each is composed into the event as a run of its own.
     """
 
     num_examples: int
@@ -73,6 +77,7 @@ class AccountingSpec:
     steps: Optional[int] = None
     accountant: str = "rdp"
     extra_noise_multipliers: Tuple[float, ...] = ()
+    interrupted_steps: Tuple[int, ...] = ()
 
     def __post_init__(self):
         require(self.num_examples > 0, f"num_examples must be > 0, got {self.num_examples}")
@@ -101,6 +106,8 @@ class AccountingSpec:
                 f"--accountant must be one of {', '.join(ACCOUNTANTS.names())}, got {self.accountant!r}")
         require(all(math.isfinite(m) and m > 0 for m in self.extra_noise_multipliers),
                 f"extra noise multipliers must be finite and > 0, got {self.extra_noise_multipliers}")
+        require(all(isinstance(s, int) and s > 0 for s in self.interrupted_steps),
+                f"interrupted steps must be integers > 0, got {self.interrupted_steps}")
         # dp_accounting's PLD accountant cannot compose several Gaussians under one
         # PoissonSampledDpEvent; refusing beats reporting the epsilon of another event.
         require(not (self.extra_noise_multipliers and self.accountant == "pld" and self.sampling == "poisson"),
@@ -141,7 +148,14 @@ def dp_event(spec: AccountingSpec) -> dp_accounting.DpEvent:
         >>> dp_event(spec)
         SelfComposedDpEvent(event=GaussianDpEvent(noise_multiplier=0.5), count=2)
     """
-    return spec.sampler.dp_event(spec.noise_multiplier, spec.total_steps, spec.extra_noise_multipliers)
+    event = spec.sampler.dp_event(spec.noise_multiplier, spec.total_steps, spec.extra_noise_multipliers)
+    if not spec.interrupted_steps:
+        return event
+    # Each interrupted attempt is composed as it ran: under shuffling its partial epoch was a
+    # mechanism of its own (the resumed epoch draws a new permutation).
+    lost = [spec.sampler.dp_event(spec.noise_multiplier, steps, spec.extra_noise_multipliers)
+            for steps in spec.interrupted_steps]
+    return dp_accounting.ComposedDpEvent([event, *lost])
 
 
 def make_accountant(
@@ -246,6 +260,10 @@ def guarantee_statement(spec: AccountingSpec, unprotected: str = "") -> str:
         f"sigma={spec.noise_multiplier:.4g}; {sampler.describe()}; noise and sampling drawn from "
         "OS entropy"
     )
+    if spec.interrupted_steps:
+        lost = sum(spec.interrupted_steps)
+        text += (f"; including {lost} steps lost in {len(spec.interrupted_steps)} interrupted attempt(s) after "
+                 "their last checkpoint (their noise was drawn, so they are composed too)")
     if unprotected:
         text += f"; NOT covered: {unprotected}"
     return text

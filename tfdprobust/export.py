@@ -16,20 +16,23 @@ Example:
     (['assets', 'fingerprint.pb'], 1.0)
 """
 
+import errno
+import fcntl
 import json
 import math
 import os
 import shutil
 import tempfile
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Sequence
 
 import tensorflow as tf
 
 from tfdprobust import flagcheck
-from tfdprobust.errors import require
+from tfdprobust.errors import UsageError, require
 
 METADATA_FILE = "metadata.json"
 _TMP_MARK = ".tmp-"
+CLAIM_SUFFIX = ".claim"
 
 
 def _umask() -> int:
@@ -68,7 +71,7 @@ def write_json_atomic(path: str, payload: Dict[str, Any]) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{_TMP_MARK}{os.getpid()}-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(strict(payload), f, indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
@@ -99,17 +102,131 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(parent: str) -> None:
-    """Removes ``.<name>.tmp-<pid>-*`` folders left by an export whose process is gone
-    (e.g. killed with SIGKILL mid-export). Live exports of other processes are kept."""
+def clean_stale_temporaries(parent: str) -> List[str]:
+    """Removes the temporaries a killed process left in ``parent``: export folders
+    ``.<name>.tmp-<pid>-*``, JSON files ``.tmp-<pid>-*.json`` (e.g. SIGKILL mid-export) and
+    the ``.<name>.claim`` files of dead runs. Those of live processes are kept.
+
+    Returns:
+        The names removed.
+    """
+    removed = []
     if not os.path.isdir(parent):
-        return
+        return removed
     for entry in os.listdir(parent):
+        if entry.startswith(".") and entry.endswith(CLAIM_SUFFIX) and _stale_claim(os.path.join(parent, entry)):
+            removed.append(entry)
         if not entry.startswith(".") or _TMP_MARK not in entry:
             continue
         pid_part = entry.split(_TMP_MARK, 1)[1].split("-", 1)[0]
         if pid_part.isdigit() and not _pid_alive(int(pid_part)):
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            path = os.path.join(parent, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # another process cleaned it first
+                    pass
+            removed.append(entry)
+    return removed
+
+
+def _stale_claim(path: str) -> bool:
+    """Removes the claim file ``path`` if no live run holds it; says whether it did."""
+    name = os.path.basename(path)[1:-len(CLAIM_SUFFIX)]  # .<name>.claim
+    claim = Claim(os.path.join(os.path.dirname(path), name))
+    try:
+        claim.acquire()
+    except UsageError:
+        return False  # a live run's (or this process's own) claim
+    claim.release()
+    return True
+
+
+class Claim:
+    """A run's exclusive claim on its destination ``out_dir``, from its start to its export.
+
+    An ``flock`` on ``<parent>/.<name>.claim`` (holding the owner's pid): two runs started
+    at once with the same ``--run_name`` cannot both train towards one folder and silently
+    overwrite each other. The kernel drops the lock when the process dies, even by SIGKILL,
+    so a claim left by a dead run is stale by construction and the next run takes it over.
+
+    Example:
+        >>> import tempfile
+        >>> out = os.path.join(tempfile.mkdtemp(), "run")
+        >>> claim = Claim(out).acquire()
+        >>> try:
+        ...     Claim(out).acquire()
+        ... except UsageError as err:
+        ...     print("refused:", "is claimed by another run" in str(err))
+        refused: True
+        >>> claim.release()
+        >>> Claim(out).acquire().release()             # free again
+    """
+
+    def __init__(self, out_dir: str, flag: str = "--run_name"):
+        self.out_dir = out_dir
+        self.flag = flag
+        self.path = os.path.join(os.path.dirname(os.path.abspath(out_dir)),
+                                 f".{os.path.basename(out_dir)}{CLAIM_SUFFIX}")
+        self.fd: Optional[int] = None
+        self._created: List[str] = []
+
+    def acquire(self) -> "Claim":
+        """Takes the claim (creating the parent folder if needed).
+
+        Raises:
+            UsageError: another live run holds it; names the folder and the fix.
+        """
+        parent = os.path.dirname(self.path)
+        missing = parent
+        while not os.path.exists(missing):
+            self._created.append(missing)
+            missing = os.path.dirname(missing)
+        os.makedirs(parent, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise UsageError(f"{self.out_dir} is claimed by another run (pid {holder}) that is training "
+                                 f"towards it; choose another {self.flag}, or wait for that run to finish") from None
+            # A finishing owner unlinks the file it locked: if we locked that unlinked file, retry.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drops the claim, removes its file, and removes the folders :meth:`acquire`
+        created if they stayed empty (a run that failed leaves nothing behind)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)  # while still locked, so no other run holds this file
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+        for folder in self._created:
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty: the run (or another) wrote there
+                break
+        self._created = []
 
 
 def check_destination(out_dir: str, flag: str = "--export_dir", overwrite: bool = False) -> None:
@@ -177,3 +294,31 @@ def load_metadata(model_dir: str) -> Dict[str, Any]:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def claim_destinations(export_dir: Optional[str], name: str, others: Sequence[str] = ()) -> List[Claim]:
+    """Claims the export ``<export_dir>/<name>`` of a run (and its folders ``others`` that lie
+    elsewhere, e.g. a checkpoint folder), so a second run with the same ``--run_name`` stops
+    at once instead of overwriting this one's export; then removes the temporaries killed
+    runs left in ``export_dir``. Release the claims when the run has exported.
+
+    Raises:
+        UsageError: another live run holds the name, or an export of that name appeared
+            since the first check.
+    """
+    claims: List[Claim] = []
+    try:
+        if export_dir is not None:
+            out = os.path.join(export_dir, name)
+            claims.append(Claim(out).acquire())
+            check_destination(out)  # again, under the claim: a run may have finished meanwhile
+            check_destination(out + ".json")
+            clean_stale_temporaries(export_dir)
+        for folder in others:
+            if export_dir is None or os.path.abspath(os.path.dirname(folder)) != os.path.abspath(export_dir):
+                claims.append(Claim(folder).acquire())
+    except BaseException:
+        for claim in claims:
+            claim.release()
+        raise
+    return claims

@@ -24,10 +24,10 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from tfdprobust import (accounting, attacks, data, diagnostics, distribute, export, models, randomness, resources,
-                        sampling, train_step)
+from tfdprobust import (accounting, attacks, checkpoint, data, diagnostics, distribute, export, models, randomness,
+                        resources, sampling, train_step)
 from tfdprobust.data import DataConfig
-from tfdprobust.errors import require
+from tfdprobust.errors import UsageError, require
 from tfdprobust.models import ModelConfig
 from tfdprobust.train_step import TrainConfig
 
@@ -67,6 +67,13 @@ class RunConfig:
         strategy: a :data:`tfdprobust.distribute.STRATEGIES` name: ``none`` (one device),
             ``mirrored`` (local devices) or ``multi_worker`` (processes given by ``TF_CONFIG``).
             ``batch_size`` stays the *global* expected batch, the one epsilon accounts for.
+        checkpoint_every: write a checkpoint (:mod:`tfdprobust.checkpoint`) every this many
+            epochs and after the last one; 0 (the library default) writes none. The CLI
+            defaults to 1.
+        checkpoint_dir: parent folder of the run's checkpoint folder
+            ``<checkpoint_dir>/<run name>.checkpoint`` (``None``: ``export_dir``).
+        resume: continue the killed run ``run_name`` from its newest checkpoint; epsilon then
+            also composes the steps it ran after that checkpoint.
     """
 
     data: DataConfig = DataConfig()
@@ -89,6 +96,9 @@ class RunConfig:
     verbose: int = 1
     tensorboard_dir: Optional[str] = None
     strategy: str = "none"
+    checkpoint_every: int = 0
+    checkpoint_dir: Optional[str] = None
+    resume: bool = False
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -122,9 +132,22 @@ class RunConfig:
                     "Poisson-samples its own shard of the data); drop --sampling=shuffle")
             require(not dp.adaptive, f"--strategy={self.strategy} does not support --clipping=adaptive yet (its "
                     "count release is not all-reduced); use --clipping=flat, per_layer or automatic")
+        self._check_checkpointing()
         require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
                 "train.dp.insecure_noise_seed must be set exactly when insecure_reproducible_noise is "
                 "(use RunConfig.make)")
+
+    def _check_checkpointing(self) -> None:
+        require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+                f"--checkpoint_every must be an integer >= 0 (epochs; 0 = off), got {self.checkpoint_every}")
+        require(not self.checkpoint_every or self.strategy == "none",
+                f"--checkpoint_every does not support --strategy={self.strategy} yet; use --checkpoint_every=0")
+        require(not self.checkpoint_every or self.export_dir is not None or self.checkpoint_dir is not None,
+                "--checkpoint_every needs --checkpoint_dir (or --export_dir) to write the checkpoints to")
+        require(not self.resume or self.checkpoint_every >= 1,
+                "--resume needs --checkpoint_every >= 1 (the resumed run must keep counting its steps)")
+        require(not self.resume or self.run_name is not None,
+                "--resume needs --run_name=<the name of the interrupted run> (its log printed it)")
 
     @property
     def insecure_seed(self) -> Optional[int]:
@@ -261,12 +284,14 @@ class Trained:
     seconds: float
     resources: Optional[Dict[str, Any]] = None
     diagnostics: Optional[Dict[str, Any]] = None
+    resumed_from: Optional[int] = None
 
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
           spec: Optional[accounting.AccountingSpec], log: Callable[[str], None] = print,
           monitor: Optional[data.ImageData] = None, log_dir: Optional[str] = None,
-          callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Trained:
+          callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+          checkpointing: Optional[checkpoint.Checkpointing] = None) -> Trained:
     """Builds the network (weights from ``cfg.seed``) and trains it on ``private``.
 
     Batches come from the run's sampler, drawn from a secret generator; after the
@@ -280,6 +305,8 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
             :class:`~tfdprobust.train_step.DivergenceGuard` watches the loss; without them
             it only checks that the weights stay finite.
         log_dir: TensorBoard folder for the per-step clipping diagnostics (``None``: none).
+        checkpointing: checkpoint (and resume) as :func:`tfdprobust.checkpoint.start` set up; the
+            resumed run restores its checkpoint and trains the remaining epochs.
 
     Raises:
         RuntimeError: if the optimizer's step count differs from the sampler's plan (the
@@ -289,6 +316,8 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     strategy = distribute.make_strategy(cfg.strategy)
     tf.keras.utils.set_random_seed(cfg.seed)
     trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:], strategy=strategy)
+    if checkpointing is not None and checkpointing.state is not None:
+        checkpoint.restore(trainer, checkpointing.state)  # weights, optimizer, clip bound; never generators
     randomness.reseed_global(cfg.insecure_seed)
     sampler = sampling.make_sampler(cfg.sampling, len(private), cfg.batch_size)
     if strategy is None:
@@ -316,8 +345,19 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     # Only the fast DP path computes diagnostics; other runs write no (empty) TensorBoard log.
     logs_diagnostics = dp.enabled and dp.path == "vectorized"
     diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir if logs_diagnostics else None)
-    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
-                             callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks])
+    extra, epochs, resumed_from = checkpoint.keras_callbacks(checkpointing, cfg.epochs, sampler.steps_per_epoch)
+    if epochs:
+        try:
+            history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, epochs, spec, verbose=cfg.verbose,
+                                     callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks, *extra])
+        except UsageError:  # diverged (DivergenceGuard): nothing is exported, nothing worth resuming
+            if checkpointing is not None:
+                checkpoint.remove(checkpointing.plan.folder)
+            raise
+    else:  # killed after its last epoch (in the evaluation): nothing left to train
+        trainer.refresh_public_statistics()
+        history = tf.keras.callbacks.History()
+        history.history = {}
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
@@ -325,7 +365,7 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         raise RuntimeError(f"the optimizer took {steps} steps but the sampler planned {planned}; "
                            "refusing to report an epsilon for steps that did not run as accounted")
     return Trained(trainer, history, steps, sampler, seconds, monitor_resources.summary(),
-                   diagnostics_logger.summary() if logs_diagnostics else None)
+                   diagnostics_logger.summary() if logs_diagnostics else None, resumed_from)
 
 
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -346,20 +386,42 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     if cfg.export_dir is not None:
         export.check_destination(os.path.join(cfg.export_dir, name))
         export.check_destination(os.path.join(cfg.export_dir, name) + ".json")
+    plan = checkpoint.plan_for(cfg, name)  # --resume: a checkpoint with the same settings exists
+    given = cfg
     # --seed fixes data roles and initialization; noise and sampling stay secret.
     tf.keras.utils.set_random_seed(cfg.seed)
     experiment = data.load_experiment_data(cfg.data, log=log)
     for role, source in experiment.describe().items():
         log(f"data: {role:<6} {source}")
+    cfg = resolve_noise(cfg, len(experiment.train))
+    # Every check passed: only now is anything written. The claims stop a second run with this name.
+    claims = export.claim_destinations(cfg.export_dir, name, [plan.folder] if plan is not None else [])
+    try:
+        result = _run_claimed(cfg, given, name, strategy, experiment, plan, log)
+    finally:
+        for claim in claims:
+            claim.release()
+    if plan is not None:
+        checkpoint.remove(plan.folder)  # exported: the metadata records every step, the journal is done
+    return result
+
+
+def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experiment: data.ExperimentData,
+                 plan: Optional[checkpoint.Plan], log: Callable[[str], None]) -> Dict[str, Any]:
+    """:func:`run` after the data are loaded and the destinations claimed: train, evaluate, export."""
     n = len(experiment.train)
-    cfg = resolve_noise(cfg, n)
+    checkpointing = checkpoint.start(plan, given, cfg, n, name, log) if plan is not None else None
+    lost = list(checkpointing.journal.interrupted) if checkpointing is not None else []
     dp = cfg.train.dp
-    spec = accounting_spec(cfg, n) if dp.enabled else None
+    spec = accounting_spec(cfg, n).replace(interrupted_steps=tuple(lost)) if dp.enabled else None
     if cfg.insecure_reproducible_noise and dp.enabled:
         log(randomness.INSECURE_WARNING)
     log_dir = os.path.join(cfg.tensorboard_dir, name) if cfg.tensorboard_dir else None
-    trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir)
+    trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir,
+                    checkpointing=checkpointing)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
+    earlier_epsilons = (checkpointing.state.manifest.get("epsilon_per_epoch", [])
+                        if checkpointing is not None and checkpointing.state is not None else [])
     metrics = (evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
                             preset=cfg.eval_preset, examples=cfg.eval_examples)
                if distribute.is_chief(strategy) else {})
@@ -376,6 +438,9 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "num_test_examples": len(experiment.test),
         "epochs": cfg.epochs,
         "steps": steps,
+        # Steps killed attempts ran after their last checkpoint: composed into epsilon too.
+        "steps_lost_in_interruptions": lost,
+        "resumed_from_step": trained.resumed_from,
         "batch_size": cfg.batch_size,
         "sampling": cfg.sampling,
         "dp": dp.enabled,
@@ -392,7 +457,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         "target_epsilon": cfg.target_epsilon,
         # A run without a guarantee gets no epsilon at all (null in JSON), not a number.
         "epsilon": accounting.epsilon(final_spec) if private else None,
-        "epsilon_per_epoch": history.history.get("epsilon", []) if private else [],
+        "epsilon_per_epoch": earlier_epsilons + history.history.get("epsilon", []) if private else [],
         "guarantee": guarantee(cfg, final_spec),
         "unprotected": unprotected_examples(cfg) or None,
         "optimizer": cfg.train.optimizer,
@@ -465,8 +530,10 @@ def summary(result: Dict[str, Any]) -> str:
                      + ", ".join(step["attack"] for step in result["robust_after_each"][1:])
                      + f"; {atk['name'][4:]} eps={atk['eps']:g}, {result['robust_examples']} test images)")
     if result["private"]:
+        lost = sum(result.get("steps_lost_in_interruptions") or [])
+        steps = f"{result['steps']} steps" + (f" + {lost} lost in interrupted attempts" if lost else "")
         lines.append(f"epsilon             : {result['epsilon']:.4g} at delta={result['delta']:g} "
-                     f"(sigma={result['noise_multiplier']:.4g}, {result['steps']} steps, {result['sampling']} "
+                     f"(sigma={result['noise_multiplier']:.4g}, {steps}, {result['sampling']} "
                      f"sampling, {result['adjacency']} adjacency, {result['accountant'].upper()})")
     lines.append(f"guarantee           : {result['guarantee']}")
     res = result.get("resources") or {}

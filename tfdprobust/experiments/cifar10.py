@@ -178,6 +178,9 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
     compare_entries()  # bad input fails in one line before TensorFlow loads
+    if FLAGS.compare and FLAGS.resume:
+        cli.fail("--resume continues one run and does not combine with --compare; resume each entry with its "
+                 "--run_name=<name>-<entry> and without --compare")
     mnist.check_flags()
     if FLAGS.compare:
         from tfdprobust import flagcheck

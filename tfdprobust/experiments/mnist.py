@@ -91,6 +91,13 @@ flags.DEFINE_integer("verbose", 1, "1 = progress bars, 0 = quiet.")
 flags.DEFINE_string("strategy", "none", "Data-parallel DP training on tf.distribute: none (one device), mirrored (all "
                     "local GPUs or logical CPU devices) or multi_worker (one process per worker, cluster in TF_CONFIG); "
                     "--batch_size is the global expected batch.")
+flags.DEFINE_integer("checkpoint_every", 1, "Checkpoint the weights, optimizer state, clip bound and step count every "
+                     "this many epochs and after the last one, atomically, into <checkpoint_dir>/<run_name>.checkpoint "
+                     "(removed once the run has exported); each step is also counted there before it runs, so "
+                     "--resume can account the steps after the last checkpoint. 0 = off; needs --strategy=none.")
+flags.DEFINE_string("checkpoint_dir", None, "Parent folder of the run's checkpoint folder (default: --export_dir).")
+flags.DEFINE_boolean("resume", False, "Continue the killed run --run_name from its newest checkpoint (same flags). "
+                     "Epsilon also composes the steps it ran after that checkpoint: their noise was drawn.")
 flags.DEFINE_string("tensorboard_dir", None, "Write per-step clipping diagnostics (private: not covered by epsilon) "
                     "to <tensorboard_dir>/<run name> for TensorBoard.")
 
@@ -128,7 +135,7 @@ def check_flags():
                       "count_noise": ">0", "epochs": ">=1", "batch_size": ">=1", "steps": ">=1",
                       "eval_steps": ">=1", "eval_restarts": ">=1", "eval_examples": ">=0", "max_train": ">=0",
                       "max_test": ">=0", "public_examples": ">=0", "groups": ">=1", "seed": ">=0",
-                      "verbose": ">=0"})
+                      "verbose": ">=0", "checkpoint_every": ">=0"})
     require(FLAGS.attack in ATTACK_CHOICES,
             f"--attack={FLAGS.attack!r} is unknown; choose one of {', '.join(ATTACK_CHOICES)}")
     require(FLAGS.eps <= 1 or FLAGS.attack == "pgd_l2",
@@ -157,7 +164,12 @@ def check_flags():
                  ("count_noise", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
                  ("clipping", not FLAGS.dp, "--nodp clips nothing"),
                  ("clip_bias_cosine", not FLAGS.dp, "--nodp clips nothing"),
-                 ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups")]
+                 ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups"),
+                 ("checkpoint_every", FLAGS.strategy != "none" and FLAGS.checkpoint_every > 0,
+                  f"--strategy={FLAGS.strategy} cannot checkpoint yet (use --checkpoint_every=0)"),
+                 ("checkpoint_dir", checkpoint_every() == 0, "no checkpoints are written (--checkpoint_every=0)"),
+                 ("resume", FLAGS.resume and checkpoint_every() == 0,
+                  "a resumed run must keep counting its steps; use --checkpoint_every >= 1")]
     for name, clash, why in conflicts:
         require(not (FLAGS[name].present and clash),
                 f"--{name} conflicts with the other flags: {why}; drop --{name}")
@@ -172,6 +184,25 @@ def check_flags():
     else:  # the default name is unique; the folder only has to be writable
         fc.writable_dir(FLAGS.export_dir, "--export_dir")
     fc.writable_dir(FLAGS.tensorboard_dir, "--tensorboard_dir")
+    check_checkpoint_flags()
+
+
+def checkpoint_every() -> int:
+    """The effective ``--checkpoint_every``: its default (1) means off under a --strategy."""
+    return FLAGS.checkpoint_every if FLAGS.strategy == "none" else 0
+
+
+def check_checkpoint_flags():
+    """``--resume`` names a run with a checkpoint; a fresh run does not start over one (NumPy only)."""
+    from tfdprobust import checkpoint, flagcheck
+    from tfdprobust.errors import require
+
+    flagcheck.writable_dir(FLAGS.checkpoint_dir, "--checkpoint_dir")
+    require(not FLAGS.resume or FLAGS.run_name is not None,
+            "--resume needs --run_name=<the name of the interrupted run> (its log printed it)")
+    if FLAGS.run_name is not None:
+        parent = FLAGS.checkpoint_dir if FLAGS.checkpoint_dir is not None else FLAGS.export_dir
+        checkpoint.check_request(checkpoint.folder_of(parent, FLAGS.run_name), FLAGS.resume, FLAGS.run_name)
 
 
 def config_from_flags():
@@ -210,7 +241,8 @@ def config_from_flags():
         target_epsilon=FLAGS.target_epsilon, eval_attack=eval_attack, eval_preset=FLAGS.eval_preset,
         eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir,
-        strategy=FLAGS.strategy)
+        strategy=FLAGS.strategy, checkpoint_every=checkpoint_every(), checkpoint_dir=FLAGS.checkpoint_dir,
+        resume=FLAGS.resume)
 
 
 def main(argv):
