@@ -2,6 +2,7 @@
 of the time left, rate limiting, and silence at --verbose=0 (a fake clock; no TensorFlow)."""
 
 import io
+import time
 
 from tfdprobust.evaluate.config import SuiteConfig
 from tfdprobust.evaluate.progress import Progress, clock
@@ -17,7 +18,8 @@ class FakeClock:
 
 def _progress(verbose=1, every=15.0, sections=3):
     stream, now = io.StringIO(), FakeClock()
-    return Progress(sections, verbose, every=every, stream=stream, now=now), stream, now
+    progress = Progress(sections, verbose, every=every, stream=stream, now=now, heartbeat=False)
+    return progress, stream, now
 
 
 def test_clock_formats_minutes_and_hours():
@@ -52,6 +54,16 @@ def test_verbose_1_prints_at_most_one_line_per_interval():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3, lines
     assert "55/100 attacked examples, 0:16 elapsed, ~0:13 left" in lines[1]
+
+
+def test_a_heartbeat_shows_a_long_unit_of_work_is_alive():
+    stream = io.StringIO()
+    progress = Progress(1, verbose=1, every=0.05, stream=stream)
+    with progress.section("ensemble (standard)", 48, "attack runs") as sec:
+        time.sleep(0.5)  # one attack run without an update
+        sec.add(1)
+    beats = [line for line in stream.getvalue().splitlines() if "0/48 attack runs, " in line]
+    assert len(beats) >= 2 and all("elapsed" in line for line in beats), stream.getvalue()
 
 
 def test_verbose_0_prints_nothing():

@@ -235,7 +235,8 @@ def check_run_sizes(cfg: data.DataConfig, batch_size: int, delta: Optional[float
         what = f"{_images(pool, 'training images')} minus {held_out_flag}={held_out}"
     require(batch_size <= n, f"--batch_size={batch_size} exceeds {what}; pass --batch_size={n} or less")
     if delta is not None:
-        require(delta < 1.0 / n, f"--delta={delta:g} must be below 1/N = {1.0 / n:.3g} for {what}; pass e.g. --delta={_below(1.0 / n):g}")
+        require(delta < 1.0 / n, f"--delta={delta:g} must be below 1/N = {1.0 / n:.3g} for {what}; pass e.g. "
+                f"--delta={_below(1.0 / n):g}")
 
 
 def _below(bound: float) -> float:

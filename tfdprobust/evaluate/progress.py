@@ -9,7 +9,9 @@ The estimate of a section is a linear extrapolation of its own rate (attacks on 
 examples still robust get cheaper, so it errs long); the total is the wall time since the
 evaluation started. ``--verbose=1`` prints a line when a section starts, at most every
 ``every`` seconds while it runs and when it ends; ``--verbose=2`` on every update;
-``--verbose=0`` nothing.
+``--verbose=0`` nothing. One unit of work can take minutes (an APGD attack on 1,000
+images), so a heartbeat thread repeats the status line every ``every`` seconds without
+an update: the run is visibly alive.
 
 Example::
 
@@ -19,6 +21,7 @@ Example::
 """
 
 import sys
+import threading
 import time
 from typing import Optional, TextIO
 
@@ -40,13 +43,15 @@ class Progress:
         every: seconds between two lines of a running section at ``verbose=1``.
         stream: where the lines go (stderr: stdout holds the results).
         now: the clock (a test passes a fake one).
+        heartbeat: repeat the status every ``every`` seconds while no update comes.
     """
 
     def __init__(self, total_sections: int, verbose: int = 1, every: float = 15.0,
-                 stream: Optional[TextIO] = None, now=time.monotonic):
+                 stream: Optional[TextIO] = None, now=time.monotonic, heartbeat: bool = True):
         self.total_sections = total_sections
         self.verbose = verbose
         self.every = every
+        self.heartbeat = heartbeat
         self.stream = stream if stream is not None else sys.stderr
         self.now = now
         self.started = now()
@@ -69,14 +74,29 @@ class Section:
         self.progress, self.title, self.total, self.unit = progress, title, total, unit
         self.done = 0
         self.started = self.last_line = progress.now()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
 
     def __enter__(self) -> "Section":
         self._line(f"0/{self.total} {self.unit}")
+        if self.progress.verbose and self.progress.heartbeat:
+            self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, kind, value, trace) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
         if kind is None:
             self._line(f"done, {self.total} {self.unit} in {clock(self.progress.now() - self.started)}")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.progress.every / 3):
+            now = self.progress.now()
+            if now - self.last_line >= self.progress.every:
+                self._line(self.status(now))
 
     def add(self, n: int) -> None:
         self.done = min(self.done + int(n), self.total)
@@ -93,5 +113,6 @@ class Section:
         return text
 
     def _line(self, text: str) -> None:
-        self.last_line = self.progress.now()
-        self.progress.write(f"{self.title}: {text}; total {clock(self.last_line - self.progress.started)}")
+        with self._lock:  # the heartbeat thread writes too
+            self.last_line = self.progress.now()
+            self.progress.write(f"{self.title}: {text}; total {clock(self.last_line - self.progress.started)}")
