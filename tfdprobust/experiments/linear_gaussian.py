@@ -100,18 +100,20 @@ def _fmt(v):
 
 def check_flags(F):
     """Every check of the flags and of ``--out``, before any work (and before anything is
-    written). Returns ``(mixture, base DP config, sweep clips, sweep noises)``."""
-    from tfdprobust import flagcheck
-    from tfdprobust import linear_gaussian as lg
+    written). Returns ``(mixture, base DP config, sweep clips, sweep noises)``.
 
-    mix = lg.GaussianMixture(K=F.K, sigma=F.sigma, theta=F.theta, d=F.d)
+    The checks that need neither SciPy nor TensorFlow come first: importing
+    :mod:`tfdprobust.linear_gaussian` (SciPy's stats) takes seconds on a busy machine.
+    """
+    from tfdprobust import flagcheck
+
     require(F.n >= 2, f"--n must be >= 2, got {F.n}")
     require(
         1 <= F.batch_size <= F.n, f"--batch_size must be in [1, --n={F.n}], got {F.batch_size}"
     )
     require(math.isfinite(F.clip), f"--clip must be finite for DP training, got {F.clip}")
     require(math.isfinite(F.epsilon) and F.epsilon > 0, f"--epsilon must be a finite number > 0, got {F.epsilon}")
-    # tfdprobust.accounting refuses delta >= 1/n too, but only after the output folder exists
+    # tfdprobust.accounting refuses delta >= 1/n too, but only after the work has started
     require(0 < F.delta < 1.0 / F.n, f"--delta must be in (0, 1/n) = (0, {1.0 / F.n:.3g}) for --n={F.n}, got "
             f"{F.delta:g}; pass a smaller --delta (e.g. {0.99 / F.n:.3g}) or a larger --n")
     flagcheck.ranges(F, {"lr": "(0,1e6]"})  # the training CLI's bound; larger steps overflow
@@ -120,22 +122,25 @@ def check_flags(F):
     require(all(c > 0 for c in sweep_clips), "--sweep_clips must all be > 0")
     flagcheck.refuse_ignored(F, [(name, not F.sweeps, "--nosweeps runs no sweep")
                                  for name in ("sweep_clips", "sweep_noise")])
+    flagcheck.writable_dir(F.out, "--out")
+    from tfdprobust import linear_gaussian as lg
+
+    mix = lg.GaussianMixture(K=F.K, sigma=F.sigma, theta=F.theta, d=F.d)
     base = lg.DPTrainConfig(
         clip=F.clip, noise_multiplier=0.0, lr=F.lr, epochs=F.epochs, batch_size=F.batch_size,
         b_init=F.b_init, seed=F.seed, insecure_reproducible_noise=F.insecure_reproducible_noise,
     )
-    flagcheck.writable_dir(F.out, "--out")
     return mix, base, sweep_clips, sweep_noise
 
 
 def run(F) -> dict:
     """Composes the library calls; returns the results dict (also written as JSON)."""
+    mix, base, sweep_clips, sweep_noise = check_flags(F)  # first: the imports below take seconds
     import numpy as np
 
     from tfdprobust import accounting
     from tfdprobust import linear_gaussian as lg
 
-    mix, base, sweep_clips, sweep_noise = check_flags(F)
     if F.insecure_reproducible_noise:
         print("NOT PRIVATE: --insecure_reproducible_noise replays the DP noise and batches from --seed; "
               "the epsilon below describes the mechanism, not a guarantee of this run")
