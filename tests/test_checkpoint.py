@@ -231,7 +231,7 @@ def run_main(tmp_path, capsys):
     (["--checkpoint_every=-1"], "--checkpoint_every"),
     (["--resume"], "--resume needs --run_name"),
     (["--resume", "--run_name=gone"], "--resume: there is no checkpoint of run 'gone'"),
-    (["--checkpoint_every=0", "--checkpoint_dir={tmp}/ck"], "--checkpoint_dir conflicts"),
+    (["--checkpoint_every=0", "--checkpoint_dir={tmp}/ck"], "--checkpoint_dir has no effect"),
     (["--checkpoint_every=0", "--resume", "--run_name=r"], "--resume conflicts"),
     (["--checkpoint_every=2", "--strategy=mirrored"], "--checkpoint_every conflicts"),
     (["--checkpoint_dir={tmp}/file"], "--checkpoint_dir"),

@@ -414,7 +414,9 @@ class DataConfig:
                 f"--public_dataset={self.public_dataset!r} is unknown; choose one of {', '.join(PUBLIC_DATASETS)}")
         require(self.public_dataset != self.dataset or self.public_examples == 0 or self.public_from_private,
                 f"--public_dataset={self.public_dataset} is the private dataset itself: its images are not "
-                "public; choose another --public_dataset (e.g. kmnist or sklearn_digits), or pass "
+                "public; choose another --public_dataset (e.g. "
+                f"{' or '.join([d for d in ('kmnist', 'mnist') if d != self.dataset][:1] + [SKLEARN_DIGITS])}), "
+                "or pass "
                 "--public_from_private to set public images aside from the private pool (unprotected)")
         require(self.public_examples >= 0, f"--public_examples must be >= 0, got {self.public_examples}")
         require(0 < self.offline_test_fraction < 1, "offline_test_fraction must be in (0, 1)")

@@ -341,7 +341,7 @@ PRESETS.register("standard")(Preset("standard", (
 
 def robust_accuracy(model_fn: Callable, x, y, preset="quick", norm: str = "linf",
                     eps: Sequence[float] = (0.1,), batch_size: int = 500, seed: int = 0,
-                    verbose: int = 0) -> RobustAccuracy:
+                    verbose: int = 0, progress=None) -> RobustAccuracy:
     """Per-example robust accuracy under a preset of the standard attack ensemble.
 
     The single function behind every robust-accuracy number this project prints.
@@ -359,6 +359,9 @@ def robust_accuracy(model_fn: Callable, x, y, preset="quick", norm: str = "linf"
         batch_size: examples per attack batch.
         seed: seeds TensorFlow's and NumPy's generators (random starts, Square).
         verbose: 1 prints one line per eps.
+        progress: anything with ``add(n)``; gets ``add(1)`` after each attack of each
+            positive eps (``len(preset attacks) * #eps > 0`` calls), e.g. a section of
+            :class:`tfdprobust.evaluate.progress.Progress`.
 
     Returns:
         A :class:`RobustAccuracy`: ``accuracy(eps)``, ``ci95(eps)``, per-example
@@ -402,6 +405,8 @@ def robust_accuracy(model_fn: Callable, x, y, preset="quick", norm: str = "linf"
                     robust[idx] = ENSEMBLE_ATTACKS.get(member.name)(
                         model_fn, x[idx], y[idx], norm, e, member, ctx)
                 after.append((member.label, float(robust.mean())))
+                if progress is not None:
+                    progress.add(1)
         results.append(EpsResult(e, robust.copy(), tuple(after)))
         if verbose:
             print(f"  {p.name} {norm} eps={e:g}: robust accuracy {robust.mean():.4f} "

@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import math
 import os
+import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
 from tfdprobust.errors import require
@@ -111,6 +112,14 @@ def choice(fv, name: str, choices: Sequence[str]) -> None:
             f"--{name}={value!r} is unknown; choose one of {', '.join(choices)}")
 
 
+def refuse_ignored(fv, rows: Sequence[Tuple[str, bool, str]]) -> None:
+    """Flags that the chosen mode ignores are errors: whoever types ``--nodp --noise=3``
+    believes noise is added. ``rows`` is a table of ``(flag, ignored, why)``; a flag given
+    on the command line whose ``ignored`` holds is refused, naming ``why`` and the fix."""
+    for name, ignored, why in rows:
+        require(not (ignored and fv[name].present), f"--{name} has no effect: {why}; drop --{name}")
+
+
 # ----------------------------------------------------------------------------- numbers
 def finite_floats(fv) -> None:
     """Every float flag (and every number in a list flag) must be finite: ``inf`` or
@@ -176,7 +185,8 @@ def ranges(fv, spec: Dict[str, str]) -> None:
 
 
 # ----------------------------------------------------------------------------- paths
-def _nearest_existing(path: str) -> str:
+def nearest_existing(path: str) -> str:
+    """``path`` or its nearest ancestor that exists (what a write must be probed in)."""
     existing = path
     while not os.path.exists(existing):
         parent = os.path.dirname(existing)
@@ -186,9 +196,29 @@ def _nearest_existing(path: str) -> str:
     return existing
 
 
+def can_write_in(folder: str) -> bool:
+    """Whether a file can be created in the existing ``folder``: a real write probe.
+
+    ``os.access`` is not enough: for root it says yes to ``/proc`` (where ``mkdir`` fails)
+    and to folders on a read-only mount only the kernel's ``EROFS`` tells. The probe is a
+    uniquely named empty folder, created and removed at once; nothing is left behind.
+    """
+    if not os.path.isdir(folder):
+        return False
+    try:
+        probe = tempfile.mkdtemp(prefix=".tfdprobust-write-probe-", dir=folder)
+    except OSError:
+        return False
+    try:
+        os.rmdir(probe)
+    except OSError:
+        pass  # created but not removable: writable; the name marks it as a probe
+    return True
+
+
 def new_path(path: str, flag: str, overwrite: bool = False, also: str = "") -> None:
     """``path`` must not exist (unless ``overwrite``) and must be creatable: its nearest
-    existing ancestor is a writable folder. Nothing is created.
+    existing ancestor is a folder we can write in (probed). Nothing is left behind.
 
     Args:
         also: another flag that changes the path (e.g. ``--run_name``), named in the fix.
@@ -204,18 +234,18 @@ def writable_parent(path: str, flag: str) -> None:
     """``path`` (a file or folder to be created or written) lies under a writable folder."""
     path = os.path.abspath(path)
     target = path if os.path.isdir(path) else os.path.dirname(path)
-    existing = _nearest_existing(target)
-    require(os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK),
+    existing = nearest_existing(target)
+    require(can_write_in(existing),
             f"{flag}: cannot create {path} ({existing} is not a writable folder); choose a writable {flag}")
 
 
 def writable_dir(path: Optional[str], flag: str) -> None:
-    """``path`` is an existing writable folder, or can be created (not a file)."""
+    """``path`` is an existing folder we can write in, or can be created (not a file)."""
     if not path:
         return
     require(not os.path.exists(path) or os.path.isdir(path), f"{flag}={path} is a file; give a folder")
-    existing = _nearest_existing(os.path.abspath(path))
-    require(os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK),
+    existing = nearest_existing(os.path.abspath(path))
+    require(can_write_in(existing),
             f"{flag}={path} cannot be created or written ({existing} is not a writable folder); choose a "
             f"writable {flag}")
 

@@ -108,7 +108,12 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
             # A Keras SavedModel with custom layers Keras cannot rebuild: its serving
             # signature still works, so fall through to tf.saved_model.load.
     if model is not None:
-        shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else ()
+        # Saved before it was built (no Input layer, never called): Keras loads it without
+        # a single weight, and its first call would draw fresh random ones.
+        require(model.built or any(layer.weights for layer in model.layers),
+                f"--model {path} was saved before it was built, so it holds no weights; start the model with "
+                "tf.keras.Input(shape) (or call it on a batch) before model.save()")
+        shape = _keras_input_shape(model)
 
         @tf.function(reduce_retracing=True)
         @attacks.connected
@@ -140,6 +145,17 @@ def load_model(path: str, name: Optional[str] = None, input_range: str = "unit",
         return sig(**{in_name: tf.cast(to_model(x), spec.dtype)})[out_name]
 
     return LoadedModel(name, path, model_fn, metadata, "saved_model", tuple(spec.shape[1:]), handle=obj)
+
+
+def _keras_input_shape(model) -> Tuple[Optional[int], ...]:
+    """The input shape (without the batch) of a Keras model; ``()`` when it is unknown: a
+    model saved without an Input layer (e.g. ``Sequential([loaded_net, Softmax()])``) is
+    not built, has no ``input_shape``, and is built by its first call on the data."""
+    try:
+        shape = model.input_shape
+    except (AttributeError, ValueError):  # Keras: "'Sequential' object has no attribute '_nested_inputs'"
+        return ()
+    return tuple(shape[1:]) if not isinstance(shape, list) else ()
 
 
 def check_model_on_data(model: LoadedModel, x: np.ndarray, num_classes: int) -> None:

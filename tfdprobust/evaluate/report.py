@@ -239,10 +239,17 @@ def check_out_dir(out_dir: str, overwrite: bool) -> None:
     An existing, non-empty folder is only replaced when it is one of our reports (it
     holds ``results.json``, and only files a report writes) and ``--overwrite`` is given.
     """
+    from tfdprobust import flagcheck
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    require(os.path.isdir(parent) or not os.path.exists(parent),
+            f"--out {out_dir}: its parent {parent} is not a directory; choose another --out")
+    # The report is written to a temporary folder beside --out and renamed: probe there, now,
+    # not after the attacks (a read-only mount or /proc fails only when written to).
+    existing = flagcheck.nearest_existing(parent)
+    require(flagcheck.can_write_in(existing),
+            f"--out {out_dir}: cannot write in {existing} (not a writable folder); choose another --out")
     if not os.path.exists(out_dir):
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        require(os.path.isdir(parent) or not os.path.exists(parent),
-                f"--out {out_dir}: its parent {parent} is not a directory; choose another --out")
         return
     require(os.path.isdir(out_dir), f"--out {out_dir} is an existing file; choose a new folder name")
     entries = os.listdir(out_dir)

@@ -7,7 +7,8 @@ from tfdprobust.evaluate.config import SuiteConfig
 from tfdprobust.evaluate.data import load_eval_data
 from tfdprobust.evaluate.models import check_input_range, check_model_on_data, load_model
 from tfdprobust.evaluate.report import check_out_dir, write_outputs
-from tfdprobust.evaluate.sections import corrupted_sets, evaluate_model
+from tfdprobust.evaluate.progress import Progress
+from tfdprobust.evaluate.sections import corrupted_sets, evaluate_model, planned_sections
 
 
 def evaluate_models(model_paths: Sequence[str], data_dir: Optional[str], out_dir: Optional[str],
@@ -52,10 +53,12 @@ def evaluate_models(model_paths: Sequence[str], data_dir: Optional[str], out_dir
         log(f"input range of {m.name}: clean accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in accs.items())
             + f" (using {input_range})")
     tf.keras.utils.set_random_seed(cfg.seed)
-    corrupted = corrupted_sets(x, cfg, verbose) if "corruptions" in cfg.sections else None
+    # One numbering of the sections across models: "[k/K] section: done/total, elapsed, ~left".
+    progress = Progress(planned_sections(cfg, len(models)), verbose)
+    corrupted = corrupted_sets(x, cfg, verbose, progress) if "corruptions" in cfg.sections else None
     results = []
     for m in models:
-        r = evaluate_model(m, x, y, cfg, corrupted, verbose)
+        r = evaluate_model(m, x, y, cfg, corrupted, verbose, progress)
         r["data_source"] = source
         r["input_range"] = input_range
         results.append(r)

@@ -17,9 +17,13 @@ Bad flags print one line ``error: ...`` naming the flag and exit with status 2.
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on CPU machines
 
 from absl import flags
 
@@ -94,28 +98,49 @@ def _fmt(v):
     return "none" if v is None else f"{v:.4f}"
 
 
-def run(F) -> dict:
-    """Composes the library calls; returns the results dict (also written as JSON)."""
-    import numpy as np
+def check_flags(F):
+    """Every check of the flags and of ``--out``, before any work (and before anything is
+    written). Returns ``(mixture, base DP config, sweep clips, sweep noises)``.
 
-    from tfdprobust import accounting
-    from tfdprobust import linear_gaussian as lg
+    The checks that need neither SciPy nor TensorFlow come first: importing
+    :mod:`tfdprobust.linear_gaussian` (SciPy's stats) takes seconds on a busy machine.
+    """
+    from tfdprobust import flagcheck
 
-    mix = lg.GaussianMixture(K=F.K, sigma=F.sigma, theta=F.theta, d=F.d)
     require(F.n >= 2, f"--n must be >= 2, got {F.n}")
     require(
         1 <= F.batch_size <= F.n, f"--batch_size must be in [1, --n={F.n}], got {F.batch_size}"
     )
     require(math.isfinite(F.clip), f"--clip must be finite for DP training, got {F.clip}")
     require(math.isfinite(F.epsilon) and F.epsilon > 0, f"--epsilon must be a finite number > 0, got {F.epsilon}")
+    # tfdprobust.accounting refuses delta >= 1/n too, but only after the work has started
+    require(0 < F.delta < 1.0 / F.n, f"--delta must be in (0, 1/n) = (0, {1.0 / F.n:.3g}) for --n={F.n}, got "
+            f"{F.delta:g}; pass a smaller --delta (e.g. {0.99 / F.n:.3g}) or a larger --n")
+    flagcheck.ranges(F, {"lr": "(0,1e6]"})  # the training CLI's bound; larger steps overflow
     sweep_clips = _floats("sweep_clips", F.sweep_clips)
     sweep_noise = _floats("sweep_noise", F.sweep_noise)
     require(all(c > 0 for c in sweep_clips), "--sweep_clips must all be > 0")
+    flagcheck.refuse_ignored(F, [(name, not F.sweeps, "--nosweeps runs no sweep")
+                                 for name in ("sweep_clips", "sweep_noise")])
+    flagcheck.writable_dir(F.out, "--out")
+    from tfdprobust import linear_gaussian as lg
+
+    mix = lg.GaussianMixture(K=F.K, sigma=F.sigma, theta=F.theta, d=F.d)
     base = lg.DPTrainConfig(
         clip=F.clip, noise_multiplier=0.0, lr=F.lr, epochs=F.epochs, batch_size=F.batch_size,
         b_init=F.b_init, seed=F.seed, insecure_reproducible_noise=F.insecure_reproducible_noise,
     )
-    os.makedirs(F.out, exist_ok=True)
+    return mix, base, sweep_clips, sweep_noise
+
+
+def run(F) -> dict:
+    """Composes the library calls; returns the results dict (also written as JSON)."""
+    mix, base, sweep_clips, sweep_noise = check_flags(F)  # first: the imports below take seconds
+    import numpy as np
+
+    from tfdprobust import accounting
+    from tfdprobust import linear_gaussian as lg
+
     if F.insecure_reproducible_noise:
         print("NOT PRIVATE: --insecure_reproducible_noise replays the DP noise and batches from --seed; "
               "the epsilon below describes the mechanism, not a guarantee of this run")
@@ -226,14 +251,54 @@ def run(F) -> dict:
         for row in noise_rows:
             row["epsilon"] = accounting.epsilon(spec.replace(noise_multiplier=row["noise_multiplier"]))
         results["sweeps"]["noise_multiplier"] = noise_rows
-    _plots(F, mix, x, y, results, runs, gammas)
-    results["seconds"] = time.time() - t0  # everything: calibration, training, sweeps, plots
-    path = os.path.join(F.out, "results.json")
-    _atomic_write(path, lambda tmp: open(tmp, "w").write(json.dumps(results, indent=1, allow_nan=True)))
+    _check_finite(results)
+    folder = _new_folder(F.out)
+    try:
+        _plots(F, folder, mix, x, y, results, runs, gammas)
+        results["seconds"] = time.time() - t0  # everything: calibration, training, sweeps, plots
+        _atomic_write(os.path.join(folder, "results.json"),
+                      lambda tmp: open(tmp, "w").write(json.dumps(results, indent=1, allow_nan=True)))
+        _publish(folder, F.out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return results
 
 
-def _plots(F, mix, x, y, res, runs, gammas):
+def _check_finite(results) -> None:
+    """A diverged training (non-finite intercept) is refused before anything is written:
+    its gamma*, Theorem 3 and Pareto rows would be computed from NaN and look like results."""
+    found = [(name, results["intercepts"][key]) for name, key in
+             (("DP-SGD", "b_dp"), ("clipping only", "b_clip_only"), ("plain SGD", "b_natural_sgd"))]
+    found += [(f"the sweep at {k}={row[k]:g}", row["b_dp"]) for k, rows in
+              (("clip", results.get("sweeps", {}).get("clip", [])),
+               ("noise_multiplier", results.get("sweeps", {}).get("noise_multiplier", []))) for row in rows]
+    bad = [f"{name} b={b}" for name, b in found if not math.isfinite(b)]
+    require(not bad, f"training diverged ({', '.join(bad[:3])}); nothing was written: lower --lr (e.g. "
+            f"--lr={results['config']['lr'] / 100:g}) or --clip")
+
+
+def _new_folder(out: str) -> str:
+    """A fresh temporary folder beside ``out`` (same file system, so it can be renamed)."""
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)  # mkdtemp's 0700 would stay on the renamed --out
+    return folder
+
+
+def _publish(folder: str, out: str) -> None:
+    """Moves the finished files of ``folder`` to ``out``: a rename of the whole folder when
+    ``out`` is new, else file by file (each an atomic replace; --overwrite)."""
+    if not os.path.exists(out):
+        os.rename(folder, out)
+        return
+    for name in sorted(os.listdir(folder)):
+        os.replace(os.path.join(folder, name), os.path.join(out, name))
+
+
+def _plots(F, folder, mix, x, y, res, runs, gammas):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,7 +339,7 @@ def _plots(F, mix, x, y, res, runs, gammas):
     ax.set_ylabel("x₂" if F.d == 2 else ("Σ_{j>1} x_j" if F.d > 2 else "jitter (d = 1)"))
     ax.set_title(f"Fig. 1  decision boundaries Σx + b = 0\n{title}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", markerscale=3)
-    _save_fig(fig, os.path.join(F.out, "fig1_decision_boundaries.png"))
+    _save_fig(fig, os.path.join(folder, "fig1_decision_boundaries.png"))
 
     # Figure 2: b_gamma vs gamma, and robust errors vs gamma.
     bg = lg.b_gamma(mix, gammas, norm)
@@ -300,7 +365,7 @@ def _plots(F, mix, x, y, res, runs, gammas):
     a2.set_title("robust error R_γ (eq. 6)", fontsize=10)
     a2.legend(fontsize=7)
     fig.suptitle(f"Fig. 2  intercepts and robust/natural error, {title}", fontsize=10)
-    _save_fig(fig, os.path.join(F.out, "fig2_intercepts_and_errors.png"))
+    _save_fig(fig, os.path.join(folder, "fig2_intercepts_and_errors.png"))
 
     # Figure 3: the DP intercept on the b_gamma curve; per-example gradients at b_DP.
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -332,7 +397,7 @@ def _plots(F, mix, x, y, res, runs, gammas):
     a2.set_title("per-example gradients: the clipped ones balance the classes", fontsize=9)
     a2.legend(fontsize=7)
     fig.suptitle(f"Fig. 3  the DP intercept, {title}", fontsize=10)
-    _save_fig(fig, os.path.join(F.out, "fig3_dp_intercept.png"))
+    _save_fig(fig, os.path.join(folder, "fig3_dp_intercept.png"))
 
     sw = res.get("sweeps")
     if not sw:
@@ -357,7 +422,7 @@ def _plots(F, mix, x, y, res, runs, gammas):
         a2.set_ylabel(f"γ* ({'ℓ2' if norm == 'l2' else 'ℓ∞'})")
         a2.set_title("attack size at which f_DP is optimally robust", fontsize=9)
         fig.suptitle(f"sweep over R (σ_DP = {res['privacy']['noise_multiplier']:.3g}), {title}", fontsize=10)
-        _save_fig(fig, os.path.join(F.out, "sweep_clip.png"))
+        _save_fig(fig, os.path.join(folder, "sweep_clip.png"))
     rows = sw["noise_multiplier"]
     if rows:
         s_ = [row["noise_multiplier"] for row in rows]
@@ -378,7 +443,7 @@ def _plots(F, mix, x, y, res, runs, gammas):
         a2.set_xlabel("noise multiplier σ_DP")
         a2.set_ylabel("γ*")
         fig.suptitle(f"sweep over σ_DP (R = {F.clip:g}), {title}", fontsize=10)
-        _save_fig(fig, os.path.join(F.out, "sweep_noise.png"))
+        _save_fig(fig, os.path.join(folder, "sweep_noise.png"))
 
 
 def _report(res):
@@ -442,6 +507,8 @@ def main(argv=None) -> int:
         from tfdprobust import flagcheck
 
         flagcheck.finite_floats(FLAGS)
+        # An overflow ends as a non-finite intercept, which _check_finite refuses in one line.
+        warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
         _resolve_out(FLAGS)
         res = run(FLAGS)
     except flags.Error as e:

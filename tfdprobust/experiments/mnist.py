@@ -125,6 +125,7 @@ def check_flags():
     """Every check that needs neither TensorFlow nor data: numbers, names, flag
     combinations, the data folder and the destinations. Runs first, so bad input fails
     within a second; the configs check everything again (and the data-dependent rest)."""
+    from tfdprobust import datasize
     from tfdprobust import flagcheck as fc
     from tfdprobust.errors import require
 
@@ -152,28 +153,36 @@ def check_flags():
     require(not (FLAGS.dp and FLAGS.dp_path == "tf_privacy" and FLAGS.sampling == "poisson"),
             "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
             "--dp_path=vectorized (divides by the expected size) or --sampling=shuffle")
-    # Flags that would be silently ignored are conflicts.
-    conflicts = [("target_epsilon", not FLAGS.dp, "--nodp trains without noise"),
-                 ("insecure_reproducible_noise", not FLAGS.dp, "--nodp adds no noise"),
-                 ("adv_weight", FLAGS.attack == "none", "--attack=none trains without adversarial examples"),
-                 ("step_size", FLAGS.attack == "none", "--attack=none runs no training attack"),
-                 ("public_from_private", FLAGS.norm != "public_bn", f"--norm={FLAGS.norm} uses no public data"),
-                 ("auto_gamma", FLAGS.clipping != "automatic", "only --clipping=automatic uses it"),
-                 ("target_quantile", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
-                 ("quantile_learning_rate", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
-                 ("count_noise", FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it"),
-                 ("clipping", not FLAGS.dp, "--nodp clips nothing"),
-                 ("clip_bias_cosine", not FLAGS.dp, "--nodp clips nothing"),
-                 ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups"),
-                 ("checkpoint_every", FLAGS.strategy != "none" and FLAGS.checkpoint_every > 0,
-                  f"--strategy={FLAGS.strategy} cannot checkpoint yet (use --checkpoint_every=0)"),
-                 ("checkpoint_dir", checkpoint_every() == 0, "no checkpoints are written (--checkpoint_every=0)"),
-                 ("resume", FLAGS.resume and checkpoint_every() == 0,
-                  "a resumed run must keep counting its steps; use --checkpoint_every >= 1")]
-    for name, clash, why in conflicts:
-        require(not (FLAGS[name].present and clash),
-                f"--{name} conflicts with the other flags: {why}; drop --{name}")
-    data_config()  # names, the public/private split and --data_dir (NumPy only)
+    # Flags the chosen mode ignores are refused: the run would silently differ from the command.
+    nodp, no_attack, no_eval = not FLAGS.dp, FLAGS.attack == "none", FLAGS.eps == 0
+    fc.refuse_ignored(FLAGS, [
+        *[(name, nodp, "--nodp trains without clipping or noise")
+          for name in ("noise", "l2_clip", "target_epsilon", "clipping", "clip_bias_cosine", "dp_path")],
+        *[(name, nodp, "--nodp has no privacy guarantee to account") for name in ("delta", "accountant")],
+        ("insecure_reproducible_noise", nodp, "--nodp adds no noise"),
+        ("noise", FLAGS.target_epsilon is not None, "--target_epsilon calibrates the noise multiplier"),
+        *[(name, no_attack, "--attack=none trains without adversarial examples")
+          for name in ("adv_weight", "step_size", "steps", "random_start")],
+        *[(name, no_eval, "--eps=0 reports no robust accuracy")
+          for name in ("eval_preset", "eval_steps", "eval_restarts", "eval_examples")],
+        *[(name, FLAGS.norm != "public_bn", f"--norm={FLAGS.norm} uses no public data")
+          for name in ("public_from_private", "public_dataset", "public_examples")],
+        ("auto_gamma", FLAGS.clipping != "automatic", "only --clipping=automatic uses it"),
+        *[(name, FLAGS.clipping != "adaptive", "only --clipping=adaptive uses it")
+          for name in ("target_quantile", "quantile_learning_rate", "count_noise")],
+        ("groups", FLAGS.norm != "group", f"--norm={FLAGS.norm} has no groups"),
+        ("checkpoint_dir", checkpoint_every() == 0, "no checkpoints are written (--checkpoint_every=0)"),
+    ])
+    # Flags that cannot work together.
+    require(not (FLAGS.strategy != "none" and FLAGS.checkpoint_every > 0 and FLAGS["checkpoint_every"].present),
+            f"--checkpoint_every conflicts with --strategy={FLAGS.strategy}: it cannot checkpoint yet; "
+            "use --checkpoint_every=0")
+    require(not (FLAGS.resume and checkpoint_every() == 0),
+            "--resume conflicts with --checkpoint_every=0: a resumed run must keep counting its steps; "
+            "use --checkpoint_every >= 1")
+    # names, the public/private split and --data_dir (NumPy only); then the flags that depend
+    # on the data's size, from file headers (tfdprobust.datasize), before any decoding
+    datasize.check_run_sizes(data_config(), FLAGS.batch_size, FLAGS.delta)
     if FLAGS.run_name is not None:
         require(FLAGS.run_name and os.sep not in FLAGS.run_name and not FLAGS.run_name.startswith("."),
                 f"--run_name={FLAGS.run_name!r} must be a plain folder name (no '{os.sep}', not starting "

@@ -85,6 +85,7 @@ def check_flags():
     from tfdprobust.tuning import grids
     from tfdprobust.tuning.lock import check_unlocked
 
+    from tfdprobust import datasize
     from tfdprobust import flagcheck as fc
     from tfdprobust.data import DataConfig
 
@@ -103,10 +104,10 @@ def check_flags():
             "--dp_path=tf_privacy divides by the realised Poisson batch size, which leaks it; use "
             "--dp_path=vectorized or --sampling=shuffle")
     # names, the public/private split and --data_dir (NumPy only)
-    DataConfig(dataset=F.dataset, public_dataset=F.public_dataset,
-               public_examples=F.public_examples if F.norm == "public_bn" else 0,
-               public_from_private=F.public_from_private, data_dir=F.data_dir, tfds_dir=F.tfds_dir,
-               max_train=F.max_train, max_test=F.max_test, seed=F.seed)
+    data_cfg = DataConfig(dataset=F.dataset, public_dataset=F.public_dataset,
+                          public_examples=F.public_examples if F.norm == "public_bn" else 0,
+                          public_from_private=F.public_from_private, data_dir=F.data_dir, tfds_dir=F.tfds_dir,
+                          max_train=F.max_train, max_test=F.max_test, seed=F.seed)
     require(F.noise > 0, f"--noise must be > 0 (the tuner searches DP trainings), got {F.noise}")
     require(0 < F.delta < 1, f"--delta must be in (0, 1), got {F.delta}")
     require(F.eps >= 0, f"--eps must be >= 0, got {F.eps}")
@@ -136,6 +137,20 @@ def check_flags():
     require(not (F.new_ledger and F.insecure_reproducible_noise),
             "--new_ledger with --insecure_reproducible_noise: an insecure search has no guarantee to start a "
             "ledger for; drop one of them")
+    fc.refuse_ignored(F, [
+        *[(name, F.norm != "public_bn", f"--norm={F.norm} uses no public data")
+          for name in ("public_dataset", "public_examples", "public_from_private")],
+        ("val_steps", F.eps == 0, "--eps=0 runs no validation attack"),
+    ])
+    # The flags that depend on the data's size, from file headers, before any decoding.
+    noisy_count = F.validation == "noisy_count"
+    datasize.check_run_sizes(data_cfg, F.batch_size, F.delta, held_out=F.validation_examples if noisy_count else 0,
+                             held_out_flag="--validation_examples")
+    tests = datasize.test_sizes(data_cfg)
+    require(noisy_count or not tests or any(min(F.max_test or t, t) + F.validation_examples <= t for t in tests),
+            f"--validation=public takes --validation_examples={F.validation_examples} images from the end of the "
+            f"{max(tests or (0,))}-image test split, disjoint from the --max_test={F.max_test} reported ones; pass "
+            f"--validation_examples={max(max(tests or (0,)) - F.max_test, 0)} or less, or lower --max_test")
     grids.parse_grid(F.clip_grid, "--clip_grid")
     grids.parse_grid(F.lr_grid, "--lr_grid")
     if F.nondp_lr_grid:

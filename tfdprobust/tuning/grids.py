@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from tfdprobust.errors import UsageError, require
+from tfdprobust.flagcheck import can_write_in
 
 OBJECTIVES = ("robust", "natural", "both")
 TUNER_NAMES = ("grid", "random", "bayesian", "hyperband")
@@ -69,14 +70,15 @@ def require_finite(value: Optional[float], flag: str, low: Optional[float] = Non
 
 
 def check_destination(cfg) -> None:
-    """The tuning dir (or its nearest existing parent) must be writable; nothing is created."""
+    """The tuning dir (or its nearest existing parent) must be writable (probed); nothing is left."""
     path = os.path.abspath(cfg.tuning_dir)
     while not os.path.exists(path):
         parent = os.path.dirname(path)
         if parent == path:
             break
         path = parent
-    require(os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK),
+    # a write probe: for root, os.access says yes to /proc and to nothing on a read-only mount
+    require(can_write_in(path),
             f"--tuning_dir={cfg.tuning_dir} cannot be created or written ({path} is not a writable folder); "
             "choose another --tuning_dir")
 
