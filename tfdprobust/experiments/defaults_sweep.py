@@ -235,7 +235,6 @@ def check_flags():
     common.check_out(FLAGS)
     if FLAGS.report_only:
         return
-    common.check_data_flags(FLAGS)
     fc.ranges(FLAGS, {"public_examples": ">=0", "max_train": ">=0", "max_test": ">=0", "max_robust_test": ">=1",
                       "epochs": ">=1", "noise": ">=0", "delta": "(0,1)", "eps": "[0,1]", "steps": ">=1",
                       "eval_steps": ">=1", "trajectory_every": ">=1"})
@@ -248,6 +247,9 @@ def check_flags():
     fc.choice(FLAGS, "model", fc.registered_names("tfdprobust.models", "MODELS"))
     fc.choice(FLAGS, "norm", fc.constant("tfdprobust.models", "NORMS"))
     fc.choice(FLAGS, "attack", ("none", "pgd_linf"))
+    # Last: the data folder (its default needs `apt-get install dataset-fashion-mnist`), so a
+    # bad flag value is named first wherever the data is.
+    common.check_data_flags(FLAGS)
 
 
 def main(argv):

@@ -94,6 +94,10 @@ def check_flags():
     for e in common.floats(FLAGS.table_epsilons) + [FLAGS.target_epsilon]:
         require(0 < e < float("inf"), f"--table_epsilons / --target_epsilon must be finite and > 0, got {e}")
     require(FLAGS.trajectory_every >= 1, f"--trajectory_every must be >= 1, got {FLAGS.trajectory_every}")
+    common.check_out(FLAGS)
+    if FLAGS.report_only:
+        return
+    # Last: the data folder (its default needs `apt-get install dataset-fashion-mnist`).
     if FLAGS.dataset == "fashion_mnist" and FLAGS.data_dir is None:
         require(os.path.isdir(common.FASHION_DIR),
                 f"full Fashion-MNIST not found at {common.FASHION_DIR}: run `apt-get install dataset-fashion-mnist` "

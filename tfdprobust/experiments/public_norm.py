@@ -242,7 +242,6 @@ def check_flags():
     common.check_out(FLAGS)
     if FLAGS.report_only:
         return
-    common.check_data_flags(FLAGS)
     fc.ranges(FLAGS, {"public_examples": ">=0", "max_train": ">=0", "max_test": ">=0", "max_robust_test": ">=1",
                       "batch_size": ">=1", "learning_rate": "(0,1e6]", "l2_clip": ">0", "noise": ">=0",
                       "delta": "(0,1)", "eps": "[0,1]", "steps": ">=1", "adv_weight": "[0,1]",
@@ -253,6 +252,9 @@ def check_flags():
     fc.choice(FLAGS, "model", fc.registered_names("tfdprobust.models", "MODELS"))
     fc.choice(FLAGS, "optimizer", fc.registered_names("tfdprobust.optimizers", "OPTIMIZERS"))
     fc.choice(FLAGS, "attack", ("none", "pgd_linf", "pgd_l2"))
+    # Last: the data folder (its default needs `apt-get install dataset-fashion-mnist`), so a
+    # bad flag value is named first wherever the data is.
+    common.check_data_flags(FLAGS)
 
 
 def main(argv):
