@@ -33,11 +33,24 @@ below load on first use.
 import importlib
 import os
 
-# Keras 2 for tf.keras on TensorFlow >= 2.16 (the `tf-keras` package; see tfdprobust.compat).
-# TensorFlow reads it when tf.keras is first touched, so it works after `import tensorflow`
-# too, as long as nothing used tf.keras yet (compat.check_keras refuses Keras 3 in one line
-# otherwise). TensorFlow 2.15 ignores it.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def _select_keras_2() -> None:
+    """Keras 2 as tf.keras on TensorFlow >= 2.16, from the `tf-keras` package (see
+    tfdprobust.compat). TensorFlow reads TF_USE_LEGACY_KERAS when tf.keras is first touched,
+    so this works after `import tensorflow` too, as long as nothing used tf.keras yet
+    (compat.check_keras refuses Keras 3 in one line otherwise). Only where tf-keras is
+    installed: TensorFlow 2.15 (the reference stack) would then look for it and fail."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("tf-keras")
+    except importlib.metadata.PackageNotFoundError:
+        return
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+_select_keras_2()
 
 _LAZY = {
     "make_private": "tfdprobust.engine", "PrivateTrainer": "tfdprobust.engine",
