@@ -17,6 +17,7 @@ Example:
 import dataclasses
 import datetime
 import importlib.metadata
+import math
 import os
 import secrets
 import time
@@ -24,8 +25,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from tfdprobust import (accounting, attacks, data, diagnostics, distribute, export, models, randomness, resources,
-                        sampling, train_step)
+from tfdprobust import (accounting, attacks, data, diagnostics, distribute, export, ledger, models, randomness,
+                        resources, sampling, train_step)
 from tfdprobust.data import DataConfig
 from tfdprobust.errors import require
 from tfdprobust.models import ModelConfig
@@ -67,6 +68,10 @@ class RunConfig:
         strategy: a :data:`tfdprobust.distribute.STRATEGIES` name: ``none`` (one device),
             ``mirrored`` (local devices) or ``multi_worker`` (processes given by ``TF_CONFIG``).
             ``batch_size`` stays the *global* expected batch, the one epsilon accounts for.
+        ledger_dir: the user-level store of the per-data-set privacy ledgers and data-roles
+            keys (:mod:`tfdprobust.ledger`; ``None``: ``$XDG_DATA_HOME/tfdprobust``).
+        budget: refuse, before training, a run that would take the composition of
+            everything released about its data set (the ledger) above this epsilon.
     """
 
     data: DataConfig = DataConfig()
@@ -89,6 +94,8 @@ class RunConfig:
     verbose: int = 1
     tensorboard_dir: Optional[str] = None
     strategy: str = "none"
+    ledger_dir: Optional[str] = None
+    budget: Optional[float] = None
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -101,6 +108,8 @@ class RunConfig:
         require(self.accountant in accounting.ACCOUNTANTS,
                 f"--accountant must be one of {', '.join(accounting.ACCOUNTANTS.names())}, got {self.accountant!r}")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        require(self.budget is None or (math.isfinite(self.budget) and self.budget > 0),
+                f"--budget must be a finite epsilon > 0, got {self.budget}")
         require(self.eval_examples >= 0, f"--eval_examples must be >= 0, got {self.eval_examples}")
         from tfdprobust import ensemble
 
@@ -316,8 +325,12 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     # Only the fast DP path computes diagnostics; other runs write no (empty) TensorBoard log.
     logs_diagnostics = dp.enabled and dp.path == "vectorized"
     diagnostics_logger = diagnostics.DiagnosticsLogger(log_dir if logs_diagnostics else None)
-    history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
-                             callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks])
+    try:
+        history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, cfg.epochs, spec, verbose=cfg.verbose,
+                                 callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks])
+    except BaseException:
+        diagnostics_logger.abort()  # nothing is exported: the private-batch diagnostics go too
+        raise
     seconds = time.time() - start
     steps = int(trainer.optimizer.iterations.numpy())
     planned = cfg.epochs * sampler.steps_per_epoch
@@ -348,7 +361,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
         export.check_destination(os.path.join(cfg.export_dir, name) + ".json")
     # --seed fixes data roles and initialization; noise and sampling stay secret.
     tf.keras.utils.set_random_seed(cfg.seed)
-    experiment = data.load_experiment_data(cfg.data, log=log)
+    experiment = data.load_experiment_data(cfg.data, log=log, ledger_dir=cfg.ledger_dir)
     for role, source in experiment.describe().items():
         log(f"data: {role:<6} {source}")
     n = len(experiment.train)
@@ -357,6 +370,11 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     spec = accounting_spec(cfg, n) if dp.enabled else None
     if cfg.insecure_reproducible_noise and dp.enabled:
         log(randomness.INSECURE_WARNING)
+    # ---- the data set's privacy budget (tfdprobust.ledger): --budget checked, this run recorded, before training
+    if dp.enabled and distribute.is_chief(strategy):
+        ledger.record_training(spec, experiment.fingerprint, cfg.ledger_dir, cfg.budget, "training", name,
+                               insecure=cfg.insecure_reproducible_noise)
+    # ----
     log_dir = os.path.join(cfg.tensorboard_dir, name) if cfg.tensorboard_dir else None
     trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir)
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
