@@ -73,10 +73,12 @@ def test_concurrent_appends_lose_and_interleave_nothing(tmp_path):
 def test_budget_refuses_before_writing_and_accepts_within(tmp_path):
     spec = accounting.AccountingSpec(num_examples=600, batch_size=100, epochs=2, noise_multiplier=1.1, delta=1e-5)
     one = accounting.epsilon(spec)
-    book = ledger.record_training(spec, "fp", str(tmp_path), 1.5 * one, "api")
+    two = _direct([accounting.dp_event(spec)] * 2, 1e-5)
+    budget = (one + two) / 2  # room for one run, not for two
+    book = ledger.record_training(spec, "fp", str(tmp_path), budget, "api")
     assert len(book.entries()) == 1
     with pytest.raises(UsageError, match=r"^--budget=.*would take everything released about this data set"):
-        ledger.record_training(spec, "fp", str(tmp_path), 1.5 * one, "api")
+        ledger.record_training(spec, "fp", str(tmp_path), budget, "api")
     assert len(book.entries()) == 1  # refused: nothing written
     ledger.record_training(spec, "fp", str(tmp_path), None, "api")  # no budget: recorded
     assert len(book.entries()) == 2

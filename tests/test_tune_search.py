@@ -98,6 +98,24 @@ def test_every_json_file_is_strict(search):
     assert found >= 6
 
 
+def test_no_covered_table_or_json_holds_a_wall_time(search):
+    """Wall times reflect the secret realised batch sizes: they live only in files whose
+    name says NOT_COVERED_BY_EPSILON (one per trial), never in a covered table or JSON."""
+    cfg, _, _ = search
+    timing, covered = 0, 0
+    for folder, _, files in os.walk(cfg.tuning_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            if "NOT_COVERED_BY_EPSILON" in name:
+                timing += "seconds" in strict_load(path)
+            elif name.endswith((".json", ".csv", ".md")):
+                covered += 1
+                with open(path) as f:
+                    text = f.read()
+                assert "seconds" not in text and "wall time" not in text, path
+    assert timing >= 1 and covered >= 4  # the walk found both kinds
+
+
 def test_hparams_logs_carry_the_released_figures(search):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
