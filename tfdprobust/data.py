@@ -520,16 +520,13 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print,
             # Explicitly asked for: set aside images of the private pool before training and
             # never train on them. Their statistics are released un-noised, so the guarantee
             # covers the remaining training examples only (training.run says so).
-            require(len(train) > 4 * cfg.public_examples,
+            require(len(train) > 2 * cfg.public_examples,
                     f"--public_examples={cfg.public_examples} is too large for {len(train)} training images")
-            # Per example (roles): each image with u < 2 public_examples / N is set aside, never
-            # trained on; the public batch is drawn from those (unprotected either way).
+            # Per example (roles): each image with u < public_examples / N is set aside (about
+            # public_examples of them), never trained on, and is the public batch (unprotected).
             aside = np.zeros(len(train), bool)
-            aside[roles.below(train.x, train.y, private_key(), "public_aside",
-                              2.0 * cfg.public_examples / len(train))] = True
-            require(aside.sum() >= cfg.public_examples,
-                    f"--public_examples={cfg.public_examples}: only {int(aside.sum())} images were set aside; "
-                    "lower --public_examples")
+            aside[roles.below(train.x, train.y, private_key(), "public_aside", cfg.public_examples / len(train))] = True
+            require(aside.any(), f"--public_examples={cfg.public_examples}: no image was set aside; raise it")
             pool, train = (train.take(np.flatnonzero(aside), ", set aside as public data (UNPROTECTED)"),
                            train.take(np.flatnonzero(~aside)))
             note(f"--public_from_private: {cfg.public_examples} {cfg.dataset} training images are set aside as "
@@ -544,10 +541,13 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print,
                 pool = load_sklearn_digits(train.x.shape[1:])
                 note(f"public data: {cfg.public_dataset} is not available here (pass --data_dir with its "
                      f"files); using {pool.source} as the public normalization set instead")
-        require(len(pool) >= cfg.public_examples,
-                f"--public_examples={cfg.public_examples} exceeds the {len(pool)} public images available")
-        idx = rng.choice(len(pool), cfg.public_examples, replace=False)
-        public = pool.take(idx, f", {cfg.public_examples} random images (public)")
+        if cfg.public_from_private:
+            public = pool
+        else:
+            require(len(pool) >= cfg.public_examples,
+                    f"--public_examples={cfg.public_examples} exceeds the {len(pool)} public images available")
+            idx = rng.choice(len(pool), cfg.public_examples, replace=False)
+            public = pool.take(idx, f", {cfg.public_examples} random images (public)")
 
     unused = None
     if 0 < cfg.max_train < len(train):
@@ -557,6 +557,9 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print,
                             "(never trained on)")
         train = train.take(np.flatnonzero(kept), f", {int(kept.sum())} kept by --max_train={cfg.max_train} "
                            "(per-example keyed hash)")
+    # An order decided per example (a public hash), not the source's (the offline sample is
+    # sorted by class): nothing relies on it for privacy, but "the first k" stay mixed.
+    train = train.take(np.argsort(roles.uniforms(train.x, train.y, roles.PUBLIC_KEY, "order"), kind="stable"))
     test = _cap(test, cfg.max_test)
     for other in (test, public):
         # A network is built for the training images' shape; any other shape fails deep in Keras.
