@@ -1,6 +1,9 @@
 """Shared fixtures: tiny data and the optional real data in ../shared/data."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import tfdprobust  # noqa: F401  (selects Keras 2 as tf.keras before any test touches it)
@@ -9,6 +12,20 @@ import pytest
 from tfdprobust import compat
 
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+# The suite never writes into the user's real privacy-ledger store (tfdprobust.ledger):
+# every test process (and the CLIs it starts, which inherit the environment) uses a
+# temporary one, and each test a fresh one of its own (below).
+LEDGER_ENV = "TFDPROBUST_LEDGER_DIR"
+_SESSION_LEDGERS = tempfile.mkdtemp(prefix="tfdprobust-test-ledgers-")
+os.environ[LEDGER_ENV] = _SESSION_LEDGERS
+atexit.register(shutil.rmtree, _SESSION_LEDGERS, True)
+
+
+@pytest.fixture(autouse=True)
+def _own_ledger_store(tmp_path_factory, monkeypatch):
+    """A fresh ledger store per test: one test's runs never count in another's budget."""
+    monkeypatch.setenv(LEDGER_ENV, str(tmp_path_factory.mktemp("ledgers")))
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def test_public_from_private_needs_its_flag_and_says_what_is_unprotected(offline
     exp = data.load_experiment_data(DataConfig(public_examples=64, public_from_private=True), log=messages.append)
     assert "NOT protected" in "\n".join(messages) and "UNPROTECTED" in exp.public.source
     assert len(exp.train) + len(exp.test) + len(exp.public) == 5000
+    assert abs(len(exp.public) - 64) <= 5 * 64 ** 0.5  # set aside per example: about --public_examples
     assert not _keys(exp.train) & _keys(exp.public)
 
 

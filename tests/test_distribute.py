@@ -182,10 +182,11 @@ def test_two_workers_train_and_report_one_epsilon_for_the_global_batch(tmp_path)
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
     result = json.loads((tmp_path / "out" / "two_workers.json").read_text())
-    assert result["workers"] == 2 and result["replicas"] == 2 and result["steps"] == 4
-    # q = global expected batch / N: 50 / 200, whatever each replica's share was.
-    spec = accounting.AccountingSpec(num_examples=200, batch_size=50, epochs=1, noise_multiplier=1.0,
-                                     delta=1e-5, steps=4)
+    n = result["num_train_examples"]  # about 200: --max_train keeps each example by its own hash
+    assert result["workers"] == 2 and result["replicas"] == 2 and result["steps"] == -(-n // 50)
+    # q = global expected batch / N: 50 / N, whatever each replica's share was.
+    spec = accounting.AccountingSpec(num_examples=n, batch_size=50, epochs=1, noise_multiplier=1.0,
+                                     delta=1e-5, steps=result["steps"])
     assert result["epsilon"] == pytest.approx(accounting.epsilon(spec), rel=1e-9)
     # Both workers print the same epsilon; only the chief exported.
     printed = [[line for line in out.splitlines() if line.startswith("epsilon")] for out, _ in outputs]

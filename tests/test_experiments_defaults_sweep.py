@@ -21,8 +21,8 @@ def test_defaults_sweep_miniature(tmp_path, shared_data):
     assert len(results["rows"]) == 2
     for row in results["rows"]:
         assert 0 <= row["clean_accuracy"] <= 1 and 0 <= row["robust_accuracy"] <= 1
-        assert row["epsilon"] > 0 and row["noise_multiplier"] == 7.1 and row["steps"] == 3
-        assert row["trajectory"]["steps"][0] == 0 and row["trajectory"]["steps"][-1] == 3
+        assert row["epsilon"] > 0 and row["noise_multiplier"] == 7.1 and row["steps"] in (3, 4)  # ~300 kept
+        assert row["trajectory"]["steps"][0] == 0 and row["trajectory"]["steps"][-1] == row["steps"]
         assert "kmnist" in row["public"]  # the public batch comes from a disjoint source
     for name in ("table.md", "heatmap.png", "trajectories.png"):
         assert (out / name).stat().st_size > 0

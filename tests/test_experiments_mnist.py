@@ -40,7 +40,8 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     assert meta["noise_multiplier"] == 7.1 and meta["sampling"] == "poisson" and meta["l2_clip"] == 1.0
     assert meta["learning_rate"] == 0.4 and meta["adv_weight"] == 0.5
     assert 0.0 <= meta["clean_accuracy"] <= 1.0 and 0.0 <= meta["robust_accuracy"] <= 1.0
-    assert meta["num_train_examples"] == 300 and "tensorflow" in meta["versions"]
+    n = meta["num_train_examples"]  # --max_train keeps each example by its own hash: about 300
+    assert abs(n - 300) <= 5 * 300 ** 0.5 and "tensorflow" in meta["versions"]
     serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     assert serve(images=tf.zeros([2, 28, 28, 1]))["logits"].shape == (2, 10)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary leftovers
@@ -49,9 +50,9 @@ def test_cli_smoke_run_trains_evaluates_and_exports(tmp_path):
     assert not _private_batch_keys(meta) and diagnostics.RESULT_KEY not in meta
     assert {k.split(".")[0] for k in _private_batch_keys(results)} == {diagnostics.RESULT_KEY}
     assert meta["private"] is True and meta["adjacency"] == "add-or-remove-one"
-    # the accountant composed exactly the steps the optimizer took: 1 epoch of ceil(300/100)
-    spec = accounting.AccountingSpec(300, 100, 1, 7.1, 1e-5, "poisson")
-    assert meta["steps"] == spec.total_steps == 3 and meta["epsilon"] == pytest.approx(accounting.epsilon(spec))
+    # the accountant composed exactly the steps the optimizer took: 1 epoch of ceil(N/100)
+    spec = accounting.AccountingSpec(n, 100, 1, 7.1, 1e-5, "poisson")
+    assert meta["steps"] == spec.total_steps == -(-n // 100) and meta["epsilon"] == pytest.approx(accounting.epsilon(spec))
     assert "add-or-remove-one adjacency" in meta["guarantee"] and "OS entropy" in meta["guarantee"]
     assert meta["data_config"]["public_dataset"] == "kmnist" and "scikit-learn" in meta["data"]["public"]
 

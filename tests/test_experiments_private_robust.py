@@ -20,7 +20,8 @@ def test_private_robust_miniature(tmp_path, shared_data):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["num_train_examples"] == 500 and results["sigma"] > 0
+    # per-example roles (tfdprobust.roles): about 600 kept, about 100 of them validating
+    assert abs(results["num_train_examples"] - 500) <= 5 * 600 ** 0.5 and results["sigma"] > 0
     for opt in ("sgd", "adam"):
         trials = [t for t in results["searches"][opt]["trials"] if t["dp"]]
         assert len(trials) == 2

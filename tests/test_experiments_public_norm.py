@@ -22,7 +22,9 @@ def test_public_norm_miniature(tmp_path, shared_data):
         ("mnist_1epoch", "public_bn"), ("mnist_1epoch", "none"),
         ("mnist_fullsteps", "public_bn"), ("mnist_fullsteps", "none")}
     by = {(r["row"], r["norm"]): r for r in runs}
-    assert by[("mnist_1epoch", "public_bn")]["steps"] == 3 and by[("mnist_fullsteps", "none")]["steps"] == 6
+    # about 300 examples kept by --max_train (per example, tfdprobust.roles): 3 or 4 steps an epoch
+    assert by[("mnist_1epoch", "public_bn")]["steps"] in (3, 4)
+    assert by[("mnist_fullsteps", "none")]["steps"] == 2 * by[("mnist_1epoch", "none")]["steps"]
     # more steps on the same data cost more privacy
     assert by[("mnist_fullsteps", "none")]["epsilon"] > by[("mnist_1epoch", "none")]["epsilon"]
     assert "kmnist" in by[("mnist_1epoch", "public_bn")]["public"] and by[("mnist_1epoch", "none")]["public"] is None

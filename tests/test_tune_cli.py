@@ -21,7 +21,8 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 def _flags(tuning_dir, *extra):
     flags = [f"--tuning_dir={tuning_dir}", "--noise=1.0", "--delta=1e-4", "--clip_grid=1", "--lr_grid=0.5,2",
              "--max_train=700", "--validation_examples=100", "--batch_size=100", "--public_examples=16",
-             "--steps=1", "--val_steps=1", "--eval_steps=1", "--max_test=50", "--export_best=0"]
+             "--steps=1", "--val_steps=1", "--eval_steps=1", "--max_test=50", "--export_best=0",
+             f"--ledger_dir={os.fspath(tuning_dir)}-ledger-store"]  # the search's own store, as tune_util's
     if data_dir():
         flags.append(f"--data_dir={data_dir()}")
     return [sys.executable, "-m", "tfdprobust.tune", *flags, *extra]
@@ -76,7 +77,8 @@ def test_sigkill_mid_trial_resume_counts_it_and_overwrite_keeps_the_ledger(tmp_p
     with open(tmp_path / "search" / "search_results.json") as f:
         out = json.load(f)
     assert len(out["trials"]) == 2
-    events = [poisson_trial(600, 100, 1.0)] * 3 + [dp_accounting.GaussianDpEvent(10.0)] * 4
+    n = out["num_train_examples"]  # about 600: per-example roles (tfdprobust.roles)
+    events = [poisson_trial(n, 100, 1.0)] * 3 + [dp_accounting.GaussianDpEvent(10.0)] * 4
     assert out["guarantee"]["epsilon"] == pytest.approx(direct_epsilon(events, 1e-4), rel=1e-9)
 
     over = _run(_flags(tmp_path, "--overwrite"))

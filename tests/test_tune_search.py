@@ -42,7 +42,11 @@ def test_one_guarantee_covers_the_table_and_names_the_validation_mechanism(searc
 def test_epsilon_equals_independent_composition_of_trials_and_validation_releases(search):
     cfg, out, _ = search
     g = out["guarantee"]
-    n, b, sigma, delta, s = 600, 100, 1.0, 1e-4, 10.0
+    with open(out["ledger"]) as f:  # the data set's ledger in the (test's) user-level store
+        trainings = [e for e in map(json.loads, f) if e["kind"] == "dp_training"]
+    n = out["num_train_examples"]  # about 600: per-example roles (tfdprobust.roles)
+    assert abs(n - 600) <= 5 * 600 ** 0.5 and [e["num_examples"] for e in trainings] == [n, n]
+    b, sigma, delta, s = 100, 1.0, 1e-4, 10.0
     events = [poisson_trial(n, b, sigma)] * 2 + [dp_accounting.GaussianDpEvent(s)] * 4  # natural + robust x 2
     assert (g["dp_trainings"], g["validation_releases"], g["nondp_references"]) == (2, 4, 1)
     assert g["epsilon"] == pytest.approx(direct_epsilon(events, delta), rel=1e-9)
@@ -96,6 +100,28 @@ def test_every_json_file_is_strict(search):
         for line in f:
             json.loads(line, parse_constant=lambda t: (_ for _ in ()).throw(ValueError(t)))
     assert found >= 6
+
+
+def test_no_covered_table_or_json_holds_a_wall_time(search):
+    """A training's wall time reflects the secret realised batch sizes: it lives only in
+    files whose name says NOT_COVERED_BY_EPSILON (one per trial), never in the covered
+    tables or JSON of the trials. (An exported winner's test-set evaluation may time its
+    attacks: a function of the released model and public images.)"""
+    cfg, out, _ = search
+    timing, covered = 0, 0
+    for folder, _, files in os.walk(cfg.tuning_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            if "NOT_COVERED_BY_EPSILON" in name:
+                timing += "seconds" in strict_load(path)
+            elif name in ("results.csv", "results.md", "references.csv", "references.md", "result.json") or (
+                    name.endswith(".json") and os.path.basename(folder) == "reference"):
+                covered += 1
+                with open(path) as f:
+                    assert "seconds" not in f.read(), path
+    assert timing >= 3 and covered >= 3  # the walk found both kinds
+    for row in out["trials"]:
+        assert "seconds" not in row
 
 
 def test_hparams_logs_carry_the_released_figures(search):

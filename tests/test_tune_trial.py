@@ -25,7 +25,7 @@ def _update(cfg, sd, r, lr, tmp_path):
 
     run_cfg = trial.trial_config(cfg, r, lr)
     ledger = privacy.Ledger(str(tmp_path), "f")
-    net, record = trial.run_one(cfg, run_cfg, sd, ledger, {"trial_id": f"{r}-{lr}"}, log=lambda m: None)
+    net, record, _ = trial.run_one(cfg, run_cfg, sd, ledger, {"trial_id": f"{r}-{lr}"}, log=lambda m: None)
     init = models.build_model(ModelConfig(norm="none", input_shape=(28, 28, 1)), seed=cfg.run.seed)
     delta = np.concatenate([(a - b).ravel() for a, b in zip(net.get_weights(), init.get_weights())])
     return delta / (lr * r), record

@@ -28,6 +28,8 @@ def tiny_config(tuning_dir, clip_grid=(0.5, 2.0), lr_grid=(0.5, 2.0), run_kw=Non
                data=DataConfig(max_train=700, max_test=100, public_examples=16, data_dir=data_dir()),
                epochs=1, delta=1e-4, eval_attack=attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2),
                export_dir=None, verbose=0)
+    # The search's own ledger store (not the test's): module fixtures stay isolated.
+    run["ledger_dir"] = str(tuning_dir).rstrip(os.sep) + "-ledger-store"
     run.update(run_kw or {})
     base = dict(run=training.RunConfig.make(**run), clip_grid=clip_grid, lr_grid=lr_grid,
                 tuning_dir=str(tuning_dir), validation_examples=100,

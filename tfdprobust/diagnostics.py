@@ -23,6 +23,7 @@ export's ``metadata.json``; the run JSON beside it holds them under
 """
 
 import math
+import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -107,9 +108,33 @@ def sum_diagnostics(clipped_sum: Sequence[tf.Tensor], unclipped: Optional[Sequen
     return out
 
 
+#: Every TensorBoard tag of the diagnostics starts with this: they are statistics of the
+#: private batches (a realised Poisson batch size, single examples' gradient norms).
+TAG_PREFIX = "not_covered_by_epsilon/clipping/"
+README = "README.txt"
+README_TEXT = (
+    "NOT COVERED BY EPSILON. The TensorBoard scalars in this folder (tags {prefix}*) are per-step\n"
+    "statistics of the private training batches (clipped fraction, gradient-norm quantiles, ...):\n"
+    "they can reveal a realised batch size or one example's gradient norm. The run's DP guarantee\n"
+    "does not cover them. For the researcher; do not publish.\n")
+ABORTED_TEXT = ("NOT COVERED BY EPSILON. The run that wrote here was aborted; its diagnostics (statistics of\n"
+                "the private training batches) were deleted.\n")
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 class DiagnosticsLogger(tf.keras.callbacks.Callback):
     """Writes each step's diagnostics to TensorBoard (``log_dir``) and keeps them for the
     run JSON's summary (:meth:`summary`).
+
+    The folder gets a ``README.txt`` saying that nothing in it is covered by epsilon, and
+    every tag starts with :data:`TAG_PREFIX`. :meth:`abort` (a run that stopped before
+    exporting) deletes the event files and leaves a README saying so.
 
     Args:
         log_dir: TensorBoard folder; ``None`` keeps the values without writing summaries.
@@ -119,7 +144,11 @@ class DiagnosticsLogger(tf.keras.callbacks.Callback):
         super().__init__()
         self.log_dir = log_dir
         self.values: Dict[str, List[float]] = {k: [] for k in KEYS}
-        self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self._writer = None
+        if log_dir:
+            os.makedirs(log_dir, exist_ok=True)
+            _write_text(os.path.join(log_dir, README), README_TEXT.format(prefix=TAG_PREFIX))
+            self._writer = tf.summary.create_file_writer(log_dir)
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
@@ -132,11 +161,22 @@ class DiagnosticsLogger(tf.keras.callbacks.Callback):
         if self._writer is not None:
             with self._writer.as_default(step=step):
                 for key, value in present.items():
-                    tf.summary.scalar(f"clipping/{key}", value)
+                    tf.summary.scalar(f"{TAG_PREFIX}{key}", value)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
+
+    def abort(self) -> None:
+        """The run stopped before exporting: delete what this logger wrote, say so in the README."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        for name in os.listdir(self.log_dir):
+            if name.startswith("events.out.tfevents"):
+                os.remove(os.path.join(self.log_dir, name))
+        _write_text(os.path.join(self.log_dir, README), ABORTED_TEXT)
 
     def summary(self) -> Dict[str, object]:
         """Per-key mean over steps (NaN steps, i.e. empty batches, skipped), first and last value."""

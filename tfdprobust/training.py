@@ -17,6 +17,7 @@ Example:
 import dataclasses
 import datetime
 import importlib.metadata
+import math
 import os
 import secrets
 import time
@@ -24,8 +25,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
-from tfdprobust import (accounting, attacks, checkpoint, data, diagnostics, distribute, export, models, randomness,
-                        resources, sampling, train_step)
+from tfdprobust import (accounting, attacks, checkpoint, data, diagnostics, distribute, export, ledger, models,
+                        randomness, resources, sampling, train_step)
 from tfdprobust.data import DataConfig
 from tfdprobust.errors import UsageError, require
 from tfdprobust.models import ModelConfig
@@ -74,6 +75,10 @@ class RunConfig:
             ``<checkpoint_dir>/<run name>.checkpoint`` (``None``: ``export_dir``).
         resume: continue the killed run ``run_name`` from its newest checkpoint; epsilon then
             also composes the steps it ran after that checkpoint.
+        ledger_dir: the user-level store of the per-data-set privacy ledgers and data-roles
+            keys (:mod:`tfdprobust.ledger`; ``None``: ``$XDG_DATA_HOME/tfdprobust``).
+        budget: refuse, before training, a run that would take the composition of
+            everything released about its data set (the ledger) above this epsilon.
     """
 
     data: DataConfig = DataConfig()
@@ -99,6 +104,8 @@ class RunConfig:
     checkpoint_every: int = 0
     checkpoint_dir: Optional[str] = None
     resume: bool = False
+    ledger_dir: Optional[str] = None
+    budget: Optional[float] = None
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -111,6 +118,8 @@ class RunConfig:
         require(self.accountant in accounting.ACCOUNTANTS,
                 f"--accountant must be one of {', '.join(accounting.ACCOUNTANTS.names())}, got {self.accountant!r}")
         require(self.seed >= 0, f"--seed must be >= 0, got {self.seed}")
+        require(self.budget is None or (math.isfinite(self.budget) and self.budget > 0),
+                f"--budget must be a finite epsilon > 0, got {self.budget}")
         require(self.eval_examples >= 0, f"--eval_examples must be >= 0, got {self.eval_examples}")
         from tfdprobust import ensemble
 
@@ -351,8 +360,12 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
             history = train_step.fit(trainer, dataset, sampler.steps_per_epoch, epochs, spec, verbose=cfg.verbose,
                                      callbacks=[guard, monitor_resources, diagnostics_logger, *callbacks, *extra])
         except UsageError:  # diverged (DivergenceGuard): nothing is exported, nothing worth resuming
+            diagnostics_logger.abort()  # the private-batch diagnostics go too
             if checkpointing is not None:
                 checkpoint.remove(checkpointing.plan.folder)
+            raise
+        except BaseException:
+            diagnostics_logger.abort()  # nothing is exported: the private-batch diagnostics go too
             raise
     else:  # killed after its last epoch (in the evaluation): nothing left to train
         trainer.refresh_public_statistics()
@@ -390,7 +403,7 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     given = cfg
     # --seed fixes data roles and initialization; noise and sampling stay secret.
     tf.keras.utils.set_random_seed(cfg.seed)
-    experiment = data.load_experiment_data(cfg.data, log=log)
+    experiment = data.load_experiment_data(cfg.data, log=log, ledger_dir=cfg.ledger_dir)
     for role, source in experiment.describe().items():
         log(f"data: {role:<6} {source}")
     cfg = resolve_noise(cfg, len(experiment.train))
@@ -416,6 +429,16 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
     spec = accounting_spec(cfg, n).replace(interrupted_steps=tuple(lost)) if dp.enabled else None
     if cfg.insecure_reproducible_noise and dp.enabled:
         log(randomness.INSECURE_WARNING)
+    # ---- the data set's privacy budget (tfdprobust.ledger): --budget checked, this run recorded, before training
+    # A resumed run was recorded (all its planned steps) by its first attempt; it adds only the
+    # steps the attempt it resumes ran after that attempt's last checkpoint, which run again.
+    release = spec
+    if cfg.resume and spec is not None:
+        release = spec.replace(steps=lost[-1], interrupted_steps=()) if lost else None
+    if dp.enabled and distribute.is_chief(strategy) and release is not None:
+        ledger.record_training(release, experiment.fingerprint, cfg.ledger_dir, cfg.budget, "training", name,
+                               insecure=cfg.insecure_reproducible_noise)
+    # ----
     log_dir = os.path.join(cfg.tensorboard_dir, name) if cfg.tensorboard_dir else None
     trained = train(cfg, experiment.train, experiment.public, spec, log, monitor=experiment.test, log_dir=log_dir,
                     checkpointing=checkpointing)

@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfdprobust import flagcheck
+from tfdprobust import flagcheck, roles
 from tfdprobust.audit import bounds, mia, report
 from tfdprobust.errors import UsageError, require
 
@@ -130,26 +130,18 @@ def resolve_data_config(meta: Dict, model_path: str, data_dir: Optional[str] = N
     return DataConfig(**fields), how
 
 
-def _unused_training_examples(data_cfg, train, log: Callable[[str], None]):
-    """The training-pool examples a ``max_train`` cap left out, or None.
+def _unused_training_examples(experiment, log: Callable[[str], None]):
+    """The training-pool examples the run's ``max_train`` left out, or None.
 
-    The loader shuffles the whole training pool with the config's seed and keeps the first
-    ``max_train``, so the members are a uniformly random subset of the pool and the rest
-    are exchangeable with them. That is the setting in which a membership test's error
-    rates bound epsilon; a separate test split is only as good as its i.i.d. assumption.
+    The loader keeps each pool example by its own keyed hash (:mod:`tfdprobust.roles`,
+    the data set's secret key in the user-level store, the one the run used), so members
+    and the rest are exchangeable: the setting in which a membership test's error rates
+    bound epsilon; a separate test split is only as good as its i.i.d. assumption.
     """
-    from tfdprobust import data
-
-    if not data_cfg.max_train:
+    unused = experiment.unused_train
+    if unused is None or len(unused) == 0:
         return None
-    full = data.load_experiment_data(dataclasses.replace(data_cfg, max_train=0), log=lambda m: None).train
-    # Guard against a loader that ever orders the pool differently from the run.
-    if len(full) <= len(train) or not np.array_equal(full.x[:len(train)], train.x):
-        log("note: the unused training examples could not be matched to the run's split; "
-            "using the test split as non-members")
-        return None
-    return full.take(np.arange(len(train), len(full)), f", the {len(full) - len(train)} examples after the "
-                     f"first {len(train)} (never trained on)")
+    return unused
 
 
 def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: str = "auto",
@@ -180,7 +172,7 @@ def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: 
             "the data differs from the run's (check --data_dir/--dataset)")
     pool, kind = None, ""
     if nonmembers != "test":
-        pool = _unused_training_examples(data_cfg, train, log)
+        pool = _unused_training_examples(experiment, log)
         if pool is not None and nonmembers == "auto" and len(pool) < min(len(train), max_examples or len(train)):
             pool = None  # too few to balance all members; the test split has more
         require(pool is not None or nonmembers == "auto",
@@ -193,16 +185,19 @@ def membership_data(data_cfg, max_examples: int = 0, seed: int = 0, nonmembers: 
     if max_examples:
         n = min(n, max_examples)
     require(n >= 20, f"only {n} members/non-members available; the audit needs >= 20 of each")
-    rng = np.random.default_rng(seed)
-    # Balanced classes make AUC and advantage comparable across models; the subsample is
-    # seeded so every model audited on the same data sees the same examples.
-    mi = np.sort(rng.choice(len(train), n, replace=False)) if n < len(train) else np.arange(n)
-    ni = np.sort(rng.choice(len(pool), n, replace=False)) if n < len(pool) else np.arange(n)
+    # Each example is picked by its own hash (tfdprobust.roles; the key is public, derived
+    # from --seed): adding one example to the pool moves no other in or out of the audit.
+    # About n of each (binomial), so members and non-members stay balanced.
+    key = f"tfdprobust audit {seed}".encode()
+    mi = (roles.below(train.x, train.y, key, "audit_members", n / len(train)) if n < len(train)
+          else np.arange(len(train)))
+    ni = (roles.below(pool.x, pool.y, key, "audit_others", n / len(pool)) if n < len(pool)
+          else np.arange(len(pool)))
     x = np.concatenate([train.x[mi], pool.x[ni]])
     y = np.concatenate([train.y[mi], pool.y[ni]])
-    is_member = np.arange(2 * n) < n
-    members = f"{n} of the {len(train)} training examples: {train.source}"
-    nonmember_text = f"{n} of {len(pool)} {kind}, seeded subsample: {pool.source}"
+    is_member = np.arange(len(mi) + len(ni)) < len(mi)
+    members = f"{len(mi)} of the {len(train)} training examples: {train.source}"
+    nonmember_text = f"{len(ni)} of {len(pool)} {kind}, per-example hashed subsample: {pool.source}"
     return x, y, is_member, members, nonmember_text
 
 

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on C
 
 from absl import flags, logging
 
-from tfdprobust import cli
+from tfdprobust import cli, ledger
 
 FLAGS = flags.FLAGS
 
@@ -100,6 +100,7 @@ flags.DEFINE_boolean("resume", False, "Continue the killed run --run_name from i
                      "Epsilon also composes the steps it ran after that checkpoint: their noise was drawn.")
 flags.DEFINE_string("tensorboard_dir", None, "Write per-step clipping diagnostics (private: not covered by epsilon) "
                     "to <tensorboard_dir>/<run name> for TensorBoard.")
+ledger.define_flags(flags)
 
 ATTACK_CHOICES = ("none", "pgd_linf", "pgd_l2")
 # Chosen by the one-epoch sweep on full Fashion-MNIST at sigma = 7.1 (experiments/defaults/):
@@ -251,7 +252,7 @@ def config_from_flags():
         eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir,
         strategy=FLAGS.strategy, checkpoint_every=checkpoint_every(), checkpoint_dir=FLAGS.checkpoint_dir,
-        resume=FLAGS.resume)
+        resume=FLAGS.resume, ledger_dir=FLAGS.ledger_dir, budget=FLAGS.budget)
 
 
 def main(argv):

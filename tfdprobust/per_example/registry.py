@@ -10,6 +10,7 @@ import tensorflow as tf
 from tfdprobust import graph, layers
 from tfdprobust.errors import UsageError
 from tfdprobust.per_example.factors import _rows
+from tfdprobust.per_example import probe
 from tfdprobust.per_example.norms import _norm_of
 
 
@@ -204,8 +205,11 @@ def validate_network(net: tf.keras.Model) -> None:
     """Refuses a network that may let one private example influence another.
 
     Every layer (nested ones too) must have a per-example rule or be a known
-    per-example layer; containers (``Sequential``, functional models) are checked
-    through their layers.
+    per-example layer; containers (``Sequential``, functional and subclassed models) are
+    checked through their layers. Then what the network actually executes is checked
+    on a probe batch (:func:`~tfdprobust.per_example.probe.check_examples_independent`):
+    a subclassed model's ``call`` or a custom layer declared per-example by mistake that
+    combines rows is refused too.
 
     Raises:
         UsageError: naming the first offending layer and the fix.
@@ -224,3 +228,4 @@ def validate_network(net: tf.keras.Model) -> None:
             "training refuses it (it could mix private examples); replace it, or declare it with "
             "tfdprobust.per_example.register_per_example_layer if each output row depends only on "
             "its own input row")
+    probe.check_examples_independent(net)

@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def define_flags():
     from absl import flags
 
+    from tfdprobust import ledger
     from tfdprobust.tuning.grids import DEFAULT_VAL_NOISE
 
     f = flags
@@ -74,6 +75,7 @@ def define_flags():
     f.DEFINE_boolean("insecure_reproducible_noise", False, "Replay DP noise, batch sampling and validation noise "
                      "from --seed. INSECURE: the search then has no DP guarantee, and its output says so.")
     f.DEFINE_integer("verbose", 0, "Keras verbosity per trial.")
+    ledger.define_flags(f)
 
 
 def check_flags():
@@ -197,7 +199,7 @@ def config_from_flags():
         insecure_reproducible_noise=F.insecure_reproducible_noise,
         eval_attack=(attacks.AttackConfig(name="pgd_linf", eps=F.eps, steps=F.eval_steps, random_start=True)
                      if F.eps > 0 else None),
-        export_dir=None, seed=F.seed, verbose=F.verbose)
+        export_dir=None, seed=F.seed, verbose=F.verbose, ledger_dir=F.ledger_dir, budget=F.budget)
     val_attack = (attacks.AttackConfig(name="pgd_linf", eps=F.eps, steps=F.val_steps, random_start=True)
                   if F.eps > 0 else None)
     return TuneConfig(run=run, clip_grid=clip_grid, lr_grid=lr_grid, objective=F.objective, tuner=F.tuner,

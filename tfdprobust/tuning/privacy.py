@@ -1,10 +1,12 @@
 """The privacy of a search: the per-data-set ledger, the validation mechanism, the guarantee.
 
 * **Ledger.** Every execution that touches the private data appends one line *before*
-  it starts to ``<tuning_dir>/.ledgers/<fingerprint>.jsonl``. The fingerprint is a hash
-  of the private data set itself (order-independent, over the whole private pool
+  it starts to the data set's ledger in the user-level store (:mod:`tfdprobust.ledger`,
+  ``--ledger_dir``), shared with every other search, in any folder, and with the training
+  CLI; a copy goes to ``<tuning_dir>/.ledgers/<fingerprint>.jsonl``. The fingerprint is a
+  hash of the private data set itself (order-independent, over the whole private pool
   before ``--max_train`` or any split), so every search on that data, under any
-  ``--project``, interrupted or not, lands in the same ledger. ``--overwrite`` deletes a
+  ``--project`` or ``--tuning_dir``, interrupted or not, lands in the same ledger. ``--overwrite`` deletes a
   search's folder, never the ledger; only ``--new_ledger`` starts a fresh one (the old
   file is renamed, kept, and the output says so).
 * **Validation.** ``noisy_count`` releases, per trial, the number of correct
@@ -20,8 +22,6 @@
 """
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import time
@@ -30,84 +30,67 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from tfdprobust import accounting, randomness, sampling
-from tfdprobust.errors import UsageError, require
+from tfdprobust import ledger as ledger_lib
+from tfdprobust.errors import require
+from tfdprobust.ledger import (DP_TRAINING, NONDP, VALIDATION, entry_event, fingerprint,  # noqa: F401 - re-exported
+                               relation_of, validation_entry)
 
 LEDGER_DIR = ".ledgers"
-DP_TRAINING, VALIDATION, NONDP = "dp_training", "validation", "nondp_reference"
-
-
-# --------------------------------------------------------------------------- fingerprint
-def fingerprint(*arrays_xy) -> str:
-    """An order-independent sha256 of the private examples (image bytes + label).
-
-    Args:
-        arrays_xy: ``(x, y)`` pairs whose union is the private data set.
-
-    Example:
-        >>> x = np.arange(12, dtype=np.float32).reshape(3, 4); y = np.array([0, 1, 2])
-        >>> fingerprint((x, y)) == fingerprint((x[::-1], y[::-1]))
-        True
-    """
-    digests = []
-    for x, y in arrays_xy:
-        x = np.ascontiguousarray(x)
-        for row, label in zip(x.reshape(len(x), -1), np.asarray(y)):
-            digests.append(hashlib.sha256(row.tobytes() + int(label).to_bytes(8, "little", signed=True)).digest())
-    digests.sort()
-    h = hashlib.sha256()
-    for d in digests:
-        h.update(d)
-    return h.hexdigest()[:24]
 
 
 # --------------------------------------------------------------------------- ledger
 @dataclasses.dataclass
 class Ledger:
-    """The append-only record of every execution on one private data set."""
+    """The search's view of the data set's ledger: every line goes to the user-level store
+    (:class:`tfdprobust.ledger.DataLedger`, shared by every run and search on the data set,
+    which :meth:`entries` reads) and to a copy in ``<tuning_dir>/.ledgers/`` (what this
+    folder published, for :func:`folder_guarantee`).
+
+    Attributes:
+        store: the user-level store (``--ledger_dir``; ``None``: :func:`tfdprobust.ledger.default_dir`).
+    """
 
     tuning_dir: str
     data_fingerprint: str
+    store: Optional[str] = None
+
+    @property
+    def data_ledger(self) -> ledger_lib.DataLedger:
+        return ledger_lib.DataLedger(ledger_lib.resolve_dir(self.store), self.data_fingerprint)
+
+    @property
+    def folder_copy(self) -> ledger_lib.DataLedger:
+        return ledger_lib.DataLedger(os.path.join(self.tuning_dir, LEDGER_DIR), self.data_fingerprint)
 
     @property
     def path(self) -> str:
-        return os.path.join(self.tuning_dir, LEDGER_DIR, f"{self.data_fingerprint}.jsonl")
+        return self.data_ledger.path
 
     def entries(self) -> List[Dict[str, Any]]:
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        """Every line about this data set, from every folder and the training CLI."""
+        return self.data_ledger.entries()
+
+    def folder_entries(self) -> List[Dict[str, Any]]:
+        return self.folder_copy.entries()
 
     def append(self, entry: Dict[str, Any]) -> None:
         """One line per ``O_APPEND`` write, flushed to disk before the execution starts."""
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        line = json.dumps(dict(entry, time=time.time()), allow_nan=False) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        line = dict(entry, time=time.time(), source="tuner", tuning_dir=os.path.abspath(self.tuning_dir))
+        self.data_ledger.append(line)
+        self.folder_copy.append(line)
 
     def retire(self) -> Optional[str]:
-        """Renames the current ledger aside (``--new_ledger``); returns its new path."""
-        if not os.path.exists(self.path):
-            return None
-        new = self.path.replace(".jsonl", f".retired-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-        os.replace(self.path, new)
-        return new
+        """Renames the current ledger aside (``--new_ledger``), in the store and the folder;
+        returns the store's new path."""
+        self.folder_copy.retire()
+        return self.data_ledger.retire()
 
 
 def training_entry(run_cfg, num_examples: int, steps: int, **ids) -> Dict[str, Any]:
     """The ledger line of one DP training (written before it starts)."""
-    return dict(ids, kind=DP_TRAINING, sampling=run_cfg.sampling, num_examples=num_examples,
-                batch_size=run_cfg.batch_size, steps=steps, noise_multiplier=run_cfg.train.dp.noise_multiplier,
-                insecure=bool(run_cfg.insecure_reproducible_noise))
-
-
-def validation_entry(releases: int, noise: float, **ids) -> Dict[str, Any]:
-    """The ledger line of one trial's noisy validation counts (written before release)."""
-    return dict(ids, kind=VALIDATION, releases=releases, noise=noise)
+    return ledger_lib.training_entry(run_cfg.sampling, num_examples, run_cfg.batch_size, steps,
+                                     run_cfg.train.dp.noise_multiplier,
+                                     insecure=bool(run_cfg.insecure_reproducible_noise), delta=run_cfg.delta, **ids)
 
 
 # --------------------------------------------------------------------------- validation mechanism
@@ -123,29 +106,6 @@ def release_accuracy(noisy: float, n: int) -> float:
 
 
 # --------------------------------------------------------------------------- composition
-def entry_event(entry: Dict[str, Any]):
-    """The ``DpEvent`` of one ledger line (``None`` for non-DP references)."""
-    import dp_accounting
-
-    if entry["kind"] == DP_TRAINING:
-        sampler = sampling.make_sampler(entry["sampling"], entry["num_examples"], entry["batch_size"])
-        return sampler.dp_event(entry["noise_multiplier"], entry["steps"])
-    if entry["kind"] == VALIDATION:
-        return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(entry["noise"]), entry["releases"])
-    return None
-
-
-def relation_of(entries: List[Dict[str, Any]]):
-    """The one neighbouring relation of the ledger's trainings; mixing is refused."""
-    kinds = {e["sampling"] for e in entries if e["kind"] == DP_TRAINING}
-    relations = {sampling.make_sampler(s, 10, 1).neighboring_relation for s in kinds}
-    if len(relations) > 1:
-        raise UsageError(f"--sampling: the ledger of this private data set holds trainings with "
-                         f"{' and '.join(sorted(kinds))} sampling, whose guarantees use different neighbouring "
-                         "relations and cannot be composed into one; keep the --sampling of the earlier searches")
-    return relations.pop() if relations else sampling.NeighboringRelation.ADD_OR_REMOVE_ONE
-
-
 def search_guarantee(entries: List[Dict[str, Any]], delta: float, accountant: str,
                      planned: Optional[List[Dict[str, Any]]] = None, extra_events=()) -> Dict[str, Any]:
     """Epsilon of everything in the ledger (plus ``planned`` lines), one statement.
@@ -230,7 +190,7 @@ def folder_guarantee(tuning_dir: str, extra_events, delta: float, accountant: st
     ledger_dir = os.path.join(tuning_dir, LEDGER_DIR)
     names = sorted(os.listdir(ledger_dir)) if os.path.isdir(ledger_dir) else []
     entries = [e for n in names if n.endswith(".jsonl") and ".retired-" not in n
-               for e in Ledger(tuning_dir, n[:-len(".jsonl")]).entries()]
+               for e in Ledger(tuning_dir, n[:-len(".jsonl")]).folder_entries()]
     g = search_guarantee(entries, delta, accountant, extra_events=extra_events)
     if not g["dp_trainings"] and not g["validation_releases"] and not extra_events:
         return {}

@@ -9,6 +9,7 @@ import os
 import shutil
 from typing import Any, Callable, Dict, Optional
 
+from tfdprobust import ledger as ledger_lib
 from tfdprobust.errors import require
 from tfdprobust.tuning import config as config_lib
 from tfdprobust.tuning import privacy, reports
@@ -43,12 +44,13 @@ def prepare(cfg: TuneConfig, log: Callable[[str], None] = print):
     sd = trial_lib.load_search_data(cfg, log=log)
     n = len(sd.train)
     training.accounting_spec(cfg.run, n)  # delta < 1/N, batch <= N
-    ledger = privacy.Ledger(cfg.tuning_dir, sd.fingerprint)
+    ledger = privacy.Ledger(cfg.tuning_dir, sd.fingerprint, store=cfg.run.ledger_dir)
     existing = [] if cfg.new_ledger else ledger.entries()
     steps = trial_lib.planned_steps(cfg.run, n)
     todo = remaining_trials(cfg)
-    plan = privacy.search_guarantee(existing, cfg.run.delta, cfg.run.accountant,
-                                    privacy.planned_lines(cfg, n, steps, todo))
+    planned = privacy.planned_lines(cfg, n, steps, todo)
+    plan = privacy.search_guarantee(existing, cfg.run.delta, cfg.run.accountant, planned)
+    ledger_lib.check_budget(existing, planned, cfg.run.budget, cfg.run.delta, cfg.run.accountant, ledger.path)
     plan["remaining_trials"] = todo
     plan["existing_entries"] = len(existing)
     return sd, ledger, plan
@@ -144,11 +146,12 @@ def run_references(cfg: TuneConfig, sd, ledger, log=print) -> None:
             continue
         log(f"non-DP reference (NOT private, outside the guarantee): eta={lr:g}")
         ids = {"search": os.path.abspath(cfg.project_dir), "trial_id": f"nondp_lr{lr:g}"}
-        _, record = trial_lib.run_one(cfg, trial_lib.trial_config(cfg, cfg.run.train.dp.l2_clip, lr, dp=False),
+        _, record, seconds = trial_lib.run_one(cfg, trial_lib.trial_config(cfg, cfg.run.train.dp.l2_clip, lr, dp=False),
                                       sd, ledger, ids, log)
         record["trial_id"] = ids["trial_id"]
         record["note"] = reports.NOT_COVERED
         reports.write_json_strict(path, record)
+        trial_lib.write_timing(ref_dir, seconds, f"nondp_lr{lr:g}.{trial_lib.TIMING_FILE}")
 
 
 def report(cfg: TuneConfig, sd, ledger, log=print, new_ledger_note: str = "") -> Dict[str, Any]:

@@ -7,13 +7,14 @@ The tuner measures robust accuracy in two places, both through
 """
 
 import dataclasses
+import os
 import time
 import zlib
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
-from tfdprobust import accounting
+from tfdprobust import accounting, roles
 from tfdprobust.errors import require
 from tfdprobust.tuning import privacy
 from tfdprobust.tuning.config import NATURAL, ROBUST, TuneConfig
@@ -42,21 +43,21 @@ def load_search_data(cfg: TuneConfig, log: Callable[[str], None] = print) -> Sea
     """Loads the data, fingerprints the private pool and makes the validation set.
 
     ``noisy_count``: the validation images are carved out of the private training pool
-    (never trained on). ``public``: they are the *last* ``validation_examples`` images
+    (never trained on), each example by its own keyed hash (:mod:`tfdprobust.roles`: an
+    example is validation when its uniform is below ``validation_examples / n``, so about
+    that many, and adding one example to the pool moves no other). ``public``: they are the *last* ``validation_examples`` images
     of the dataset's test split, disjoint from the first ``--max_test`` images that the
     exported model is reported on, and declared public (as the test split is).
     """
     from tfdprobust import data
 
     dcfg = cfg.run.data
-    # The whole pool (max_train applied below, as the loader would): the fingerprint is
-    # that of the data set, whatever slice a search uses.
-    experiment = data.load_experiment_data(dataclasses.replace(dcfg, max_train=0, max_test=0), log=log)
-    pool = [(experiment.train.x, experiment.train.y)]
-    if dcfg.public_from_private and experiment.public is not None:
-        pool.append((experiment.public.x, experiment.public.y))
-    fp = privacy.fingerprint(*pool)
-    train = data._cap(experiment.train, dcfg.max_train)  # noqa: SLF001 - the loader's own cap
+    # The loader fingerprints the whole pool (before --max_train or any split): the ledger
+    # is that of the data set, whatever slice a search uses.
+    experiment = data.load_experiment_data(dataclasses.replace(dcfg, max_test=0), log=log,
+                                           ledger_dir=cfg.run.ledger_dir)
+    fp = experiment.fingerprint
+    train = experiment.train
     full_test = experiment.test
     n_test = len(full_test) if dcfg.max_test == 0 else min(dcfg.max_test, len(full_test))
     v = cfg.validation_examples
@@ -74,9 +75,11 @@ def load_search_data(cfg: TuneConfig, log: Callable[[str], None] = print) -> Sea
         require(v < n - cfg.run.batch_size,
                 f"--validation_examples={v} leaves fewer than --batch_size={cfg.run.batch_size} of the {n} "
                 "training images; lower it")
-        order = np.random.default_rng(cfg.run.seed + 1).permutation(n)
-        validation = train.take(order[:v], f", {v} held out for (noisy-count) validation")
-        train = train.take(order[v:], f", {n - v} used for training")
+        held = np.zeros(n, bool)
+        held[roles.below(train.x, train.y, roles.secret_key(fp, cfg.run.ledger_dir), "validation", v / n)] = True
+        validation = train.take(np.flatnonzero(held), f", {int(held.sum())} held out for (noisy-count) validation "
+                                "(per-example keyed hash)")
+        train = train.take(np.flatnonzero(~held), f", {n - int(held.sum())} used for training")
         test = full_test.take(np.arange(n_test), f", first {n_test}")
         describe = dict(experiment.describe(), train=train.source, test=test.source, validation=validation.source)
     require(len(train) >= cfg.run.batch_size,
@@ -175,13 +178,14 @@ def train_trial(run_cfg, sd: SearchData):
 
 
 def run_one(cfg: TuneConfig, run_cfg, sd: SearchData, ledger: privacy.Ledger, ids: Dict[str, Any],
-            log: Callable[[str], None] = print) -> Tuple[Any, Dict[str, Any]]:
+            log: Callable[[str], None] = print) -> Tuple[Any, Dict[str, Any], float]:
     """One trial (or non-DP reference): ledger line, training, validation release.
 
     Returns:
-        ``(net, record)``; the record holds only released figures: noisy validation
+        ``(net, record, seconds)``; the record holds only released figures: noisy validation
         accuracies (``noisy_count``) or exact public ones (``public``), never exact counts
-        on private images.
+        on private images, and no wall time. ``seconds`` (the training's wall time, which
+        reflects the secret realised batch sizes) goes to :func:`write_timing` only.
     """
     dp = run_cfg.train.dp
     n = len(sd.train)
@@ -202,7 +206,7 @@ def run_one(cfg: TuneConfig, run_cfg, sd: SearchData, ledger: privacy.Ledger, id
         "l2_clip": dp.l2_clip if dp.enabled else None, "learning_rate": run_cfg.train.learning_rate,
         "noise_multiplier": dp.noise_multiplier if dp.enabled else 0.0,
         "epsilon": accounting.epsilon(spec.replace(steps=trained.steps)) if dp.enabled else None,
-        "steps": trained.steps, "seconds": round(seconds, 1), ROBUST: None,
+        "steps": trained.steps, ROBUST: None,
     }
     if sd.validation_is_public or not dp.enabled:
         # Public images, or a non-DP reference (outside the guarantee, labelled so).
@@ -217,6 +221,22 @@ def run_one(cfg: TuneConfig, run_cfg, sd: SearchData, ledger: privacy.Ledger, id
             seed = None if insecure is None else [insecure, zlib.crc32(str(ids.get("trial_id")).encode()), i]
             noisy = privacy.noisy_count(c, cfg.val_noise, seed)
             record[key.replace("accuracy", "noisy_count")] = noisy
-            record[key] = privacy.release_accuracy(noisy, len(x))
+            # Over the expected size (public), not the realised one (a count of private examples).
+            record[key] = privacy.release_accuracy(noisy, cfg.validation_examples)
     del counts  # exact counts on private images are never kept
-    return net, record
+    return net, record, seconds
+
+
+#: Wall times live here, beside a trial's covered ``result.json``, under a name that says so.
+TIMING_FILE = "timing.NOT_COVERED_BY_EPSILON.json"
+
+
+def write_timing(folder: str, seconds: float, name: str = TIMING_FILE) -> str:
+    """Writes a trial's wall time to a file marked as outside the guarantee."""
+    from tfdprobust.tuning import reports
+
+    path = os.path.join(folder, name)
+    reports.write_json_strict(path, {
+        "seconds": round(seconds, 1),
+        "note": "NOT covered by epsilon: wall time depends on the secret realised batch sizes; do not publish"})
+    return path
