@@ -20,12 +20,15 @@ from typing import Callable, List, Sequence
 
 from absl import app, flags
 
+from tfdprobust import compat
 from tfdprobust.errors import UsageError
 
 EXIT_USAGE = 2
 # TensorFlow's C++ start-up logs three "E ... Unable to register cuDNN factory" lines on
 # CPU machines; level 3 keeps stderr to the one line a CLI prints on bad input.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow >= 2.16 prints two lines before that level applies: they go too (compat).
+compat.quiet_tensorflow_import()
 
 
 def fail(message: str) -> None:

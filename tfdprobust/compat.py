@@ -11,7 +11,10 @@
   tensorflow-privacy run.
 """
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
+import os
 import sys
 
 from tfdprobust.errors import UsageError
@@ -57,3 +60,46 @@ def check_keras() -> None:
     if version.startswith("3"):
         raise ImportError(f"tfdprobust needs Keras 2 as tf.keras (the tf-keras package), but TensorFlow loaded Keras "
                           f"{version}: import tfdprobust before tensorflow, or set TF_USE_LEGACY_KERAS=1")
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Loads ``tensorflow`` with the process's stderr (file descriptor 2) closed to its C++
+    start-up chatter: TensorFlow >= 2.16 writes "All log messages before
+    absl::InitializeLog() ..." and a CUDA probe line there before its log level applies,
+    which would break a CLI's promise of one ``error:`` line on bad input. Python errors
+    raised by the import still surface (as exceptions, after stderr is restored)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+
+        class Quiet(importlib.abc.Loader):
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                sys.stderr.flush()
+                saved = os.dup(2)
+                try:
+                    with open(os.devnull, "w") as null:
+                        os.dup2(null.fileno(), 2)
+                    loader.exec_module(module)
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+
+        spec.loader = Quiet()
+        return spec
+
+
+def quiet_tensorflow_import() -> None:
+    """For command-line entry points: TensorFlow's start-up lines go nowhere when
+    ``TF_CPP_MIN_LOG_LEVEL`` asks for at most warnings (the CLIs set 3)."""
+    if "tensorflow" in sys.modules or int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") or 0) < 2:
+        return
+    if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())

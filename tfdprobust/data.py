@@ -203,7 +203,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches but nothing else: a pickle can run arbitrary code, so only
     the NumPy array reconstructors that CIFAR's files use are allowed."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    # numpy.core became numpy._core in NumPy 2: a batch pickled by either names one of them.
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
                 ("numpy.core.multiarray", "scalar"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
