@@ -592,15 +592,15 @@ EXPERIMENTS = [
          "--num_examples", "must be >= 1"),
     case("benchmark_evaluate-out-with-user-file", "tfdprobust.experiments.benchmark_evaluate --out={tmp}/precious",
          "--out", "choose a new folder"),
-    case("benchmark_peers-unknown-model", "tfdprobust.experiments.benchmark_peers --models=foo --out={tmp}/bench",
+    case("benchmark_peers-unknown-model", "benchmarks.benchmark_peers --models=foo --out={tmp}/bench",
          "--models", "cnn, lenet, resnet20"),
-    case("benchmark_peers-seconds-negative", "tfdprobust.experiments.benchmark_peers --seconds=-1 --out={tmp}/bench",
+    case("benchmark_peers-seconds-negative", "benchmarks.benchmark_peers --seconds=-1 --out={tmp}/bench",
          "--seconds", ">"),
-    case("benchmark_peers-rounds-zero", "tfdprobust.experiments.benchmark_peers --rounds=0 --out={tmp}/bench",
+    case("benchmark_peers-rounds-zero", "benchmarks.benchmark_peers --rounds=0 --out={tmp}/bench",
          "--rounds", ">= 1"),
     case("time_refusals-unknown-suite", "tfdprobust.experiments.time_refusals --only=speed", "--only",
          "choose from"),
-    case("profile_step-batch-size-zero", "tfdprobust.experiments.profile_step --batch_size=0", "--batch_size",
+    case("profile_step-batch-size-zero", "benchmarks.profile_step --batch_size=0", "--batch_size",
          "must be >= 1"),
 ]
 
@@ -618,7 +618,7 @@ ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.e
                 "tfdprobust.experiments.private_robust", "tfdprobust.experiments.linear_gaussian",
                 "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
                 "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn",
-                "tfdprobust.experiments.benchmark_peers", "tfdprobust.experiments.profile_step",
+                "benchmarks.benchmark_peers", "benchmarks.profile_step",
                 "tfdprobust.experiments.time_refusals"]
 
 _HELP_PROBE = """

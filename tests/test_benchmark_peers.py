@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from tfdprobust.errors import UsageError
-from tfdprobust.experiments import peers
-from tfdprobust.experiments.peers import runner
+from benchmarks import peers
+from benchmarks.peers import runner
 
 ENV = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
 
@@ -61,7 +61,7 @@ def test_different_parameter_counts_are_flagged():
 
 
 def test_bad_only_flag_is_one_line_and_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "tfdprobust.experiments.benchmark_peers", "--only=ours_dp:cnn"],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.benchmark_peers", "--only=ours_dp:cnn"],
                           capture_output=True, text=True, timeout=120, env=ENV)
     lines = [line for line in proc.stderr.strip().splitlines() if line]
     assert proc.returncode == 2 and len(lines) == 1 and "--only must look like" in lines[0], proc.stderr

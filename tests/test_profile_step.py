@@ -2,7 +2,7 @@
 
 import statistics
 
-from tfdprobust.experiments.peers import step_profile
+from benchmarks.peers import step_profile
 
 
 def test_every_piece_of_a_pgd_step_is_timed_every_round():

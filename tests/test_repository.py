@@ -160,3 +160,27 @@ def test_a_hanging_test_fails_at_the_suites_per_test_limit_instead_of_stalling(t
                          cwd=tmp_path, capture_output=True, text=True, timeout=100)
     assert out.returncode == 1, out.stdout[-2000:]
     assert "Timeout" in out.stdout and "1 failed" in out.stdout
+
+
+def test_the_installed_package_holds_no_pytorch_or_jax_code():
+    """The peer benchmark's PyTorch/Opacus and JAX entries live in benchmarks/, outside what
+    ``pip install .`` installs (setup.cfg packages tfdprobust and its subpackages only)."""
+    import configparser
+
+    import setuptools
+
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    include = [p.strip() for p in cfg["options.packages.find"]["include"].split(",")]
+    packages = setuptools.find_packages(ROOT, include=include)
+    assert "tfdprobust" in packages and not any(p.startswith("benchmarks") for p in packages)
+    offenders = []
+    for package in packages:
+        folder = os.path.join(ROOT, *package.split("."))
+        for name in os.listdir(folder):
+            if name.endswith(".py"):
+                text = open(os.path.join(folder, name), encoding="utf-8").read()
+                if re.search(r"^\s*(import|from)\s+(torch|jax|opacus|flax|optax)\b", text, re.M):
+                    offenders.append(f"{package}.{name}")
+    assert not offenders, f"PyTorch/JAX code inside the installed package: {offenders}"
+    assert os.path.isfile(os.path.join(ROOT, "benchmarks", "peers", "torch_peers.py"))

@@ -8,8 +8,8 @@ is one ``jax.jit``-compiled function.
 import os
 from typing import Dict
 
-from tfdprobust.experiments import peers
-from tfdprobust.experiments.peers import common
+from benchmarks import peers
+from benchmarks.peers import common
 
 # One XLA CPU thread (set before jax is imported).
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")

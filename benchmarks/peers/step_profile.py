@@ -1,9 +1,9 @@
 """The pieces of one training step timed side by side in one process (no flags: the CLI is
-:mod:`tfdprobust.experiments.profile_step`, which documents the pieces)."""
+:mod:`benchmarks.profile_step`, which documents the pieces)."""
 
 
 def profile(model: str, batch_size: int, pgd: bool, rounds: int, log=print):
-    """Times the pieces of one step (listed in :mod:`tfdprobust.experiments.profile_step`).
+    """Times the pieces of one step (listed in :mod:`benchmarks.profile_step`).
 
     Returns:
         ``{piece: [CPU ms of each round]}`` in the order the pieces ran.
@@ -12,7 +12,7 @@ def profile(model: str, batch_size: int, pgd: bool, rounds: int, log=print):
     import time
 
     from tfdprobust.errors import require
-    from tfdprobust.experiments.peers import common, tf_peers
+    from benchmarks.peers import common, tf_peers
 
     require(batch_size >= 1, f"--batch_size must be >= 1, got {batch_size}")
     require(rounds >= 1, f"--rounds must be >= 1, got {rounds}")

@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from tfdprobust.errors import require
-from tfdprobust.experiments import peers
+from benchmarks import peers
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -45,7 +45,7 @@ def grid(frameworks: Sequence[str], models: Sequence[str], batch_sizes: Sequence
 def run_one(spec: peers.Spec, timeout: float) -> Dict:
     """Measures ``spec`` in a fresh one-thread process; failures are recorded, not raised."""
     env = {**os.environ, **ONE_THREAD}
-    cmd = [sys.executable, "-m", "tfdprobust.experiments.benchmark_peers", f"--only={spec.key}",
+    cmd = [sys.executable, "-m", "benchmarks.benchmark_peers", f"--only={spec.key}",
            f"--seconds={spec.seconds}", f"--min_steps={spec.min_steps}", f"--max_steps={spec.max_steps}"]
     load_before = os.getloadavg()[0]
     start = time.time()
