@@ -189,3 +189,25 @@ def test_importing_the_package_loads_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "tfdprobust.engine"
+
+
+def test_every_fit_counts_toward_its_data_sets_ledger_and_budget(digits, tmp_path):
+    """Two trainers on the same data share one ledger; a budget refuses, before any step, the
+    fit that would take the data set past it."""
+    from tfdprobust import ledger
+
+    x, y = digits[0][:500], digits[1][:500]
+    kwargs = dict(expected_batch_size=50, noise_multiplier=1.0, delta=1e-4, ledger_dir=str(tmp_path))
+    first = tdp.make_private(_functional(), **kwargs)
+    first.fit(x, y, epochs=1, verbose=0)
+    second = tdp.make_private(_functional(), **kwargs)
+    second.fit(x, y, epochs=2, verbose=0)
+    assert first.ledger_path == second.ledger_path
+    entries = ledger.DataLedger(str(tmp_path), ledger.fingerprint((x, y))).entries()
+    assert [e["steps"] for e in entries] == [10, 20]
+    together = _independent_epsilon(50 / 500, 1.0, 30, 1e-4)  # RDP composes additively
+    assert ledger.composed_epsilon(entries, 1e-4) == pytest.approx(together, rel=1e-9)
+    third = tdp.make_private(_functional(), budget=together * 1.05, **kwargs)
+    with pytest.raises(UsageError, match="--budget"):
+        third.fit(x, y, epochs=1, verbose=0)
+    assert third.steps == 0 and len(ledger.DataLedger(str(tmp_path), ledger.fingerprint((x, y))).entries()) == 2

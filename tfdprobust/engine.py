@@ -70,8 +70,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                  delta: Optional[float] = None, attack: AttackLike = None, adv_weight: float = 0.5,
                  optimizer: str = "sgd", learning_rate: float = 0.5, clipping: str = "flat",
                  sampling: str = "poisson", accountant: str = "rdp", public_images=None,
-                 input_shape: Optional[Tuple[int, ...]] = None,
-                 insecure_noise_seed: Optional[int] = None) -> "PrivateTrainer":
+                 input_shape: Optional[Tuple[int, ...]] = None, ledger_dir: Optional[str] = None,
+                 budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None) -> "PrivateTrainer":
     """Wraps ``model`` (Sequential, functional or subclassed; inputs -> logits) into a DP
     (and, with ``attack``, adversarially robust) trainer.
 
@@ -104,6 +104,12 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
             :class:`~tfdprobust.normalization.PublicBatchNormalization` layers.
         input_shape: one example's shape, to build a model that has no weights yet (a
             subclassed model never called, a Sequential without ``Input``).
+        ledger_dir: the user-level store of per-data-set privacy ledgers
+            (:mod:`tfdprobust.ledger`; default ``$XDG_DATA_HOME/tfdprobust``). Every ``fit``
+            appends its planned release to the ledger of its training data, before training,
+            so every run on a data set counts toward that data set's budget.
+        budget: refuse (before training) a ``fit`` that would take the composition of
+            everything the ledger holds about its data set above this epsilon.
         insecure_noise_seed: replay noise and sampling from this seed. Voids the guarantee;
             for tests and debugging only, and every statement then says so.
 
@@ -142,7 +148,7 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
         sigma = accounting.calibrate_noise(target_epsilon, spec)
         config = dataclasses.replace(config, dp=dataclasses.replace(dp, noise_multiplier=sigma))
     trainer = PrivateTrainer(model, config, public_images=public_images, sampling_name=sampling,
-                             accountant=accountant, delta=delta)
+                             accountant=accountant, delta=delta, ledger_dir=ledger_dir, budget=budget)
     trainer.compile()
     return trainer
 
@@ -152,8 +158,11 @@ class PrivateTrainer(train_step.PrivateRobustModel):
     and carries its guarantee. Make one with :func:`make_private`."""
 
     def __init__(self, net: tf.keras.Model, config: train_step.TrainConfig, public_images=None,
-                 sampling_name: str = "poisson", accountant: str = "rdp", delta: Optional[float] = None, **kwargs):
+                 sampling_name: str = "poisson", accountant: str = "rdp", delta: Optional[float] = None,
+                 ledger_dir: Optional[str] = None, budget: Optional[float] = None, **kwargs):
         super().__init__(net, config, public_images=public_images, **kwargs)
+        self.ledger_dir, self.budget = ledger_dir, budget
+        self.ledger_path: Optional[str] = None
         self.sampling_name = sampling_name
         self.accountant = accountant
         self.delta = delta
@@ -216,6 +225,7 @@ class PrivateTrainer(train_step.PrivateRobustModel):
         require(0 < self.delta < 1.0 / len(x),
                 f"delta={self.delta} must be in (0, 1/N) = (0, {1.0 / len(x):.3g}) for N={len(x)}; pass delta")
         sampler = self.sampler(len(x))
+        self._record(x, y, epochs - initial_epoch, sampler)
         extra = [PrivacyLog(self)]
         if self.public_images is not None:
             extra.append(train_step.PublicStatisticsCallback())
@@ -230,6 +240,21 @@ class PrivateTrainer(train_step.PrivateRobustModel):
             if ran:
                 self.segments.append(self._segment(sampler, ran))
         return history
+
+    def _record(self, x: np.ndarray, y: np.ndarray, epochs: int, sampler) -> None:
+        """Checks ``budget`` and appends this fit's planned release to its data set's ledger
+        (:mod:`tfdprobust.ledger`), before any step runs. A fit that a callback stops early
+        stays recorded at its plan: the ledger may over-count, never under-count."""
+        from tfdprobust import ledger
+
+        spec = accounting.AccountingSpec(
+            num_examples=len(x), batch_size=self.config.expected_batch_size, epochs=max(epochs, 1),
+            noise_multiplier=self.config.dp.noise_multiplier, delta=self.delta, sampling=self.sampling_name,
+            accountant=self.accountant, extra_noise_multipliers=self.config.extra_noise_multipliers)
+        book = ledger.record_training(spec, ledger.fingerprint((x, y)), self.ledger_dir, self.budget, "python_api",
+                                      type(self.net).__name__,
+                                      insecure=self.config.dp.insecure_noise_seed is not None)
+        self.ledger_path = book.path
 
     def fitting_steps(self) -> int:
         """Steps run so far by the ``fit`` in progress (0 outside ``fit``)."""
