@@ -1,5 +1,6 @@
-"""Repository hygiene: portable files, and README flag tables that match the CLIs."""
+"""Repository hygiene: portable files, and the docs' flag tables that match the CLIs."""
 
+import glob
 import os
 import re
 import subprocess
@@ -56,11 +57,14 @@ def _helpshort(module):
 
 
 def _readme_table(module):
-    """``{flag: text in parentheses after it, or None}`` from the table after the README's
-    ``<!-- flag table: module ...-->`` marker."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    """``{flag: text in parentheses after it, or None}`` from the table after the
+    ``<!-- flag table: module ...-->`` marker in the README or a docs/ page."""
     marker = f"<!-- flag table: {module} "
-    assert marker in text, f"README has no flag table for {module}"
+    pages = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+    texts = [open(page, encoding="utf-8").read() for page in pages]
+    found = [text for text in texts if marker in text]
+    assert len(found) == 1, f"{len(found)} flag tables for {module} in README.md and docs/ (expected one)"
+    text = found[0]
     rows = []
     for line in text.split(marker, 1)[1].splitlines()[1:]:
         if not line.startswith("|"):
