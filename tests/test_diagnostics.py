@@ -62,7 +62,8 @@ def _fit_with_logger(tiny_images, log_dir, callbacks=()):
                                TrainConfig(expected_batch_size=8, attack=None, dp=DPConfig(noise_multiplier=1.0)))
     model.compile()
     logger = diagnostics.DiagnosticsLogger(log_dir)
-    model.fit(x[:16], y[:16], batch_size=8, epochs=1, verbose=0, callbacks=[logger, *callbacks])
+    model.fit(tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8), epochs=1, verbose=0,
+              callbacks=[logger, *callbacks])
     return logger
 
 

@@ -153,7 +153,7 @@ def test_a_per_example_subclassed_model_trains_and_one_example_moves_the_clipped
 
     before = [v.numpy().copy() for v in net.trainable_variables]
     model.compile()
-    model.fit(x_all[:20], y_all[:20], batch_size=n, epochs=1, verbose=0)
+    model.fit(tf.data.Dataset.from_tensor_slices((x_all[:20], y_all[:20])).batch(n), epochs=1, verbose=0)
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(before, net.trainable_variables))
 
 

@@ -152,7 +152,12 @@ def private_pool_sizes(cfg: data.DataConfig) -> Sizes:
 
 
 def train_sizes(cfg: data.DataConfig) -> Sizes:
-    """Possible numbers of private training examples (N of the accountant) of a run."""
+    """Possible numbers of private training examples (N of the accountant) of a run.
+
+    With ``--max_train`` or ``--public_from_private`` these are the *expected* sizes: data
+    roles are decided per example (:mod:`tfdprobust.roles`), so the parts have binomial
+    sizes around them. The accountant checks the realised N again once the data is loaded.
+    """
     sizes = private_pool_sizes(cfg)
     if cfg.public_from_private and cfg.public_examples > 0:
         sizes = tuple(n - cfg.public_examples for n in sizes)
