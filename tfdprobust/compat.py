@@ -46,9 +46,19 @@ def stack_name() -> str:
     """``reference`` or ``current``, and the versions that make it."""
     import tensorflow as tf
 
+    import importlib.metadata
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    keras = f"tf-keras {version('tf-keras')}" if os.environ.get("TF_USE_LEGACY_KERAS") == "1" else \
+        f"keras {version('keras')}"
     return (f"{'reference' if reference_stack() else 'current'} stack: Python {sys.version.split()[0]}, "
-            f"TensorFlow {tf.__version__}, tf.keras {tf.keras.__version__ if hasattr(tf.keras, '__version__') else '?'}"
-            f", tensorflow-privacy {'yes' if has_tf_privacy() else 'no'}")
+            f"TensorFlow {tf.__version__}, tf.keras = {keras}, NumPy {version('numpy')}, "
+            f"dp-accounting {version('dp-accounting')}, tensorflow-privacy {version('tensorflow-privacy')}")
 
 
 def check_keras() -> None:
