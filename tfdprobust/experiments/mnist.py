@@ -33,7 +33,8 @@ flags.DEFINE_integer("max_train", 0, "Use at most this many training examples (0
 flags.DEFINE_integer("max_test", 0, "Evaluate on at most this many test examples (0 = all).")
 # Model
 flags.DEFINE_string("model", "cnn", "Network: cnn (SIDP/Opacus MNIST CNN), lenet, lenet_2fc (seed 004), resnet20 (He et al. CIFAR "
-                    "ResNet-20, functional) or tempered_cnn (Papernot et al. tempered-sigmoid CIFAR CNN).")
+                    "ResNet-20, functional), tempered_cnn (Papernot et al. tempered-sigmoid CIFAR CNN) or scatternet_cnn (Tramer & "
+                    "Boneh ScatterNet features + CNN, 28x28 inputs).")
 flags.DEFINE_string("norm", "public_bn", "Normalization: none, public_bn (statistics from public data) or group.")
 flags.DEFINE_string("activation", "relu", "Hidden activation: relu or tanh.")
 flags.DEFINE_integer("groups", 4, "Preferred number of groups of --norm=group (the largest divisor of the channel "
