@@ -4,6 +4,7 @@ resumes with an epsilon that composes every step that ran (tfdprobust.checkpoint
 import dataclasses
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -280,19 +281,24 @@ def test_a_killed_run_resumes_and_epsilon_composes_every_step_that_ran(tmp_path)
     started = json.loads((folder / journal.JOURNAL).read_text())["started"]
     saved = int(checkpoint.latest(str(folder)).rsplit("-", 1)[1])
     lost = started - saved
-    assert saved == 10 * (saved // 10) >= 10 and 0 < lost < 60, (saved, started)
+    # --max_train keeps a binomial number of examples (per-example roles): N from the run's record.
+    n = json.loads((folder / checkpoint.RUN).read_text())["num_examples"]
+    per_epoch = math.ceil(n / 20)
+    assert saved == per_epoch * (saved // per_epoch) >= per_epoch and 0 < lost < 6 * per_epoch, (saved, started)
 
     resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
                              env=ENV)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"the killed attempt ran {lost} step(s) after it" in resumed.stdout
     meta = json.loads((tmp_path / "out" / "r" / "metadata.json").read_text())
-    assert meta["steps"] == 60 and meta["steps_lost_in_interruptions"] == [lost] and meta["resumed_from_step"] == saved
+    steps = 6 * per_epoch
+    assert meta["steps"] == steps and meta["steps_lost_in_interruptions"] == [lost]
+    assert meta["resumed_from_step"] == saved and meta["num_train_examples"] == n
     reference = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(20 / 200, dp_accounting.GaussianDpEvent(1.0)), 60 + lost)
+        dp_accounting.PoissonSampledDpEvent(20 / n, dp_accounting.GaussianDpEvent(1.0)), steps + lost)
     assert meta["epsilon"] == pytest.approx(_rdp_epsilon(reference, 1e-5), rel=1e-9)
     assert f"including {lost} steps lost in 1 interrupted attempt(s)" in meta["guarantee"]
-    assert f"60 steps + {lost} lost in interrupted attempts" in resumed.stdout
+    assert f"{steps} steps + {lost} lost in interrupted attempts" in resumed.stdout
     # The export is complete and its model finite; the checkpoint folder and claim are gone.
     import tensorflow as tf
 

@@ -318,7 +318,10 @@ def test_cli_commands_run(block, tmp_path_factory):
         argv = shlex.split(command, comments=True)
         assert argv[:2] in (["python", "-m"], ["python3", "-m"]), f"{block.where}: run `python -m ...`, got {command}"
         argv = [sys.executable, *argv[1:], *block.extra_flags]
-        proc = subprocess.run(argv, cwd=work, env=_env(), capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        # One ledger store per page, as one user's: a page's commands train and then evaluate or
+        # audit the same data, whose per-example roles come from the store's secret key.
+        env = dict(_env(), TFDPROBUST_LEDGER_DIR=os.path.join(os.path.dirname(work), "ledgers"))
+        proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
         assert proc.returncode == 0, (f"{block.where}: `{command}` with {block.extra_flags} exited "
                                       f"{proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         missing = [label for label in _labels(output) if not re.search(rf"^{re.escape(label)}\s+:", proc.stdout, re.M)]
