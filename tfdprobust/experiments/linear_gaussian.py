@@ -504,7 +504,9 @@ def main(argv=None) -> int:
         return 0
     try:
         FLAGS(argv)
-        from tfdprobust import flagcheck
+        from tfdprobust import cli, flagcheck
+
+        cli.quiet_library_warnings()
 
         flagcheck.finite_floats(FLAGS)
         # An overflow ends as a non-finite intercept, which _check_finite refuses in one line.
