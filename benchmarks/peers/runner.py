@@ -42,10 +42,11 @@ def grid(frameworks: Sequence[str], models: Sequence[str], batch_sizes: Sequence
     return specs
 
 
-def run_one(spec: peers.Spec, timeout: float) -> Dict:
-    """Measures ``spec`` in a fresh one-thread process; failures are recorded, not raised."""
+def run_one(spec: peers.Spec, timeout: float, python: str = sys.executable) -> Dict:
+    """Measures ``spec`` in a fresh one-thread process of ``python`` (another stack's
+    interpreter for :mod:`benchmarks.compare_stacks`); failures are recorded, not raised."""
     env = {**os.environ, **ONE_THREAD}
-    cmd = [sys.executable, "-m", "benchmarks.benchmark_peers", f"--only={spec.key}",
+    cmd = [python, "-m", "benchmarks.benchmark_peers", f"--only={spec.key}",
            f"--seconds={spec.seconds}", f"--min_steps={spec.min_steps}", f"--max_steps={spec.max_steps}"]
     load_before = os.getloadavg()[0]
     start = time.time()

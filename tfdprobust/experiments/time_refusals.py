@@ -13,12 +13,9 @@ marked ``before TF``; their target is well under 2 s on an idle machine.
 It needs a checkout (it reads the cases from ``tests/test_bad_input.py``) and pytest.
 """
 
-import datetime
 import importlib.util
 import os
 import pathlib
-import platform
-import subprocess
 import sys
 import tempfile
 
@@ -46,23 +43,9 @@ def _suite():
 
 def machine() -> str:
     """CPU model, AVX2, cores, load and commit, as the benchmarks record them."""
-    model, avx2 = platform.processor() or "unknown", "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                     model)
-        avx2 = "yes" if " avx2" in info else "no"
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=30).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return (f"{model}, AVX2 {avx2}, {os.cpu_count()} cores, load average {load} (1, 5, 15 min), commit {commit}, "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    from tfdprobust import machine as machine_lib
+
+    return machine_lib.describe()
 
 
 def cases(suite, only, slow):
