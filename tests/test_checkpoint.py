@@ -14,12 +14,11 @@ import time
 import dp_accounting
 import numpy as np
 import pytest
-from absl import flags
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from tfdprobust import accounting, checkpoint, cli, data, journal, training
+from tfdprobust import accounting, checkpoint, data, journal, training
 from tfdprobust.errors import UsageError
-from tfdprobust.experiments import mnist
+from mnist_cli_util import run_main  # noqa: F401  (fixture)
 from tfdprobust.train_step import DPConfig, TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,21 +212,6 @@ def test_lost_steps_are_composed_like_steps_that_ran():
 
 
 # ----------------------------------------------------------------------------- flags
-@pytest.fixture
-def run_main(tmp_path, capsys):
-    def call(*argv):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["mnist", f"--export_dir={tmp_path}/out", "--verbose=0", *argv])
-        try:
-            code = cli.guarded(mnist.main)(["mnist"])
-        except SystemExit as stop:
-            code = stop.code
-        return code, capsys.readouterr().err
-
-    yield call
-    flags.FLAGS.unparse_flags()
-
-
 @pytest.mark.parametrize("argv,needle", [
     (["--checkpoint_every=-1"], "--checkpoint_every"),
     (["--resume"], "--resume needs --run_name"),

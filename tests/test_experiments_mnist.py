@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import tensorflow as tf
-from absl import flags
 
-from tfdprobust import accounting, cli, data, diagnostics
-from tfdprobust.experiments import mnist
+from tfdprobust import accounting, diagnostics
+from mnist_cli_util import run_main  # noqa: F401  (fixture)
 
 # Subprocesses must import this checkout's package, not another installed copy.
 ENV = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
@@ -91,25 +90,6 @@ def test_help_lists_flags_with_defaults():
                  "--target_epsilon", "--export_dir", "--sampling"):
         assert flag in text
     assert "(default: '7.1')" in text
-
-
-@pytest.fixture
-def run_main(monkeypatch, capsys, tmp_path):
-    """Runs the CLI's main in-process with the given flags; returns (exit code, stderr)."""
-    monkeypatch.setattr(data, "tfds_prepared", lambda name, tfds_dir: False)
-    monkeypatch.setattr(data, "tfds_reachable", lambda timeout=3.0: False)
-
-    def call(*argv):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["mnist", f"--export_dir={tmp_path}/out", "--verbose=0", *argv])
-        try:
-            code = cli.guarded(mnist.main)(["mnist"])
-        except SystemExit as stop:
-            code = stop.code
-        return code, capsys.readouterr().err
-
-    yield call
-    flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("argv,needle", [
