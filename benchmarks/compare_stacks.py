@@ -59,6 +59,12 @@ def parse_stacks(values):
     return stacks
 
 
+def short(path: str) -> str:
+    """An interpreter's path without the machine's own folders (``venv312/bin/python``): reports
+    are committed, and a path of this machine would mean nothing on another."""
+    return os.path.join(*os.path.normpath(path).split(os.sep)[-3:])
+
+
 def stack_line(python: str) -> str:
     """The interpreter's own description of its stack (tfdprobust.compat.stack_name)."""
     proc = subprocess.run([python, "-c", "import tfdprobust.compat as c; print(c.stack_name())"],
@@ -76,7 +82,7 @@ def report(results, stacks, command, machine) -> str:
         if r["group"] not in groups:
             groups.append(r["group"])
     lines = ["# Our DP step vs our non-DP step on each stack", "", f"Command: `{command}`", "",
-             f"Machine: {machine}", "", "Stacks:", *[f"- {label}: {line} (`{path}`)" for label, path, line in stacks],
+             f"Machine: {machine}", "", "Stacks:", *[f"- {label}: {line} (`{short(path)}`)" for label, path, line in stacks],
              "", "One process with one thread per measurement; *examples/CPU-s* is the median round's "
              "(the process's CPU time over the timed steps, after 2 warm-up steps); every round ran every "
              "configuration on every stack in the same order.", "",
@@ -116,6 +122,8 @@ def _command() -> str:
     for name in ("python", "models", "batch_sizes", "attacks", "seconds", "rounds", "name"):
         if FLAGS[name].present:
             value = FLAGS[name].value
+            if name == "python":
+                value = [f"{label}={short(path)}" for label, _, path in (v.partition("=") for v in value)]
             parts.append(f"--{name}={','.join(map(str, value)) if isinstance(value, list) else value}")
     return " ".join(parts)
 
@@ -158,7 +166,9 @@ def main(argv):
                       f"    {r['examples_per_cpu_second']:,.1f} examples/CPU-s, load {r['load_before']:.1f}", flush=True)
                 text = report(results, described, command, machine)
                 write_json_atomic(os.path.join(out, f"{FLAGS.name}.json"),
-                                  {"command": command, "machine": machine, "stacks": described, "results": results})
+                                  {"command": command, "machine": machine,
+                                   "stacks": [(label, short(path), line) for label, path, line in described],
+                                   "results": results})
                 tmp = os.path.join(out, f".{FLAGS.name}.md.tmp")
                 with open(tmp, "w", encoding="utf-8") as f:
                     f.write(text)
