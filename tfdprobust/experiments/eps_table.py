@@ -72,7 +72,7 @@ flags.DEFINE_float("train_eps", 0.1, "l_inf radius of the PGD adversarial traini
 flags.DEFINE_string("pretrain_source", "kmnist", "Public pre-training source of pretrain_finetune "
                     "(tfdprobust.pretrain.SOURCES; never the private --dataset).")
 flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of the public pre-training.")
-flags.DEFINE_string("freeze", "all_but_last:2", "Layers pretrain_finetune keeps frozen under DP (see --freeze of "
+flags.DEFINE_string("freeze", "none", "Layers pretrain_finetune keeps frozen under DP (see --freeze of "
                     "the training CLI).")
 flags.DEFINE_integer("eval_examples", 200, "Size reduction: test images attacked by the standard ensemble.")
 flags.DEFINE_integer("check_examples", 20, "Images re-attacked by the gradient-masking checks.")
@@ -201,6 +201,23 @@ def _at(block: Dict[str, Any], eps: float) -> Tuple[Optional[float], Optional[Li
     return None, None
 
 
+def machine() -> Dict[str, Any]:
+    """CPU model, cores, load average and the code's commit: what a wall time was measured on."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
+            "commit": commit or None}
+
+
 def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=print) -> Dict[str, Any]:
     """Trains and evaluates one cell; writes ``cells/<key>.json`` atomically."""
     from tfdprobust.experiments import common
@@ -217,6 +234,7 @@ def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=
         attempt += 1
     name = f"{key}-a{attempt}"
     train = train_command(method, epsilon, seed, data, models, name)
+    before = machine()
     train_seconds = _run(train, os.path.join(logs, f"{name}.train.log"))
     with open(os.path.join(models, name + ".json")) as f:
         run = json.load(f)
@@ -238,6 +256,7 @@ def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=
         "masking_checks": [{k: c[k] for k in ("name", "status")} for c in report["sanity"]],
         "masking_checks_passed": report["sanity_passed"],
         "public_pretraining": run.get("public_pretraining"), "data": run.get("data"),
+        "machine": {**before, "load_average_after": machine()["load_average"]},
     }
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     common.write_json(os.path.join(out, "cells", key + ".json"), cell)
@@ -328,6 +347,13 @@ def write_table(out: str, rows: List[Dict[str, Any]], cells: List[Dict[str, Any]
                          f"{_ms(r['robust_linf'])}; over seeds "
                          + (f"[{t[0]:.3f}, {t[1]:.3f}]" if t else "n/a (fewer than 2 seeds)")
                          + f"; per model {each}")
+    machines = [c["machine"] for c in cells if c.get("machine")]
+    if machines:
+        loads = [v for m in machines for v in (m["load_average"][0], m["load_average_after"][0])]
+        lines += ["", "## Machine", "",
+                  f"CPU {', '.join(sorted({m['cpu'] for m in machines}))}; {', '.join(sorted({str(m['cores']) for m in machines}))} "
+                  f"cores; 1-minute load average {min(loads):.1f}-{max(loads):.1f} at the cells' starts and ends "
+                  f"(shared machine); code at commit(s) {', '.join(sorted({str(m['commit']) for m in machines}))}."]
     lines += ["", "## Cells", "", "| cell | train command | eval command |", "|---|---|---|"]
     for c in cells:
         lines.append(f"| {c['key']} | `{c['train_command']}` | `{c['eval_command']}` |")
