@@ -206,9 +206,8 @@ def load_public(cfg: PretrainConfig, image_shape: Tuple[int, ...], log: Callable
     if src.dataset == data.SKLEARN_DIGITS:
         parts = [data.load_sklearn_digits(tuple(image_shape))]
     else:
-        dirs = ",".join([*data.data_dirs(cfg.data_dir or ""), *[d for d in src.default_dirs if os.path.isdir(d)]])
-        parts = [p for p in (data.load_raw(src.dataset, split, dirs) if dirs else None for split in src.splits)
-                 if p is not None]
+        dirs = [*data.data_dirs(cfg.data_dir or ""), *[d for d in src.default_dirs if os.path.isdir(d)]]
+        parts = [p for p in (_load_raw(src.dataset, split, dirs) for split in src.splits) if p is not None]
         if not parts and (data.tfds_prepared(src.dataset, cfg.tfds_dir) or data.tfds_reachable()):
             parts = [data.load_tfds(src.dataset, "train", cfg.tfds_dir)]
         require(parts, f"--public_pretrain={cfg.source}: no {src.dataset} files in --data_dir="
@@ -225,6 +224,22 @@ def load_public(cfg: PretrainConfig, image_shape: Tuple[int, ...], log: Callable
         x, y, what = x[idx], y[idx], f"{what}, {cfg.examples} random images"
     log(f"public pre-training data: {what}")
     return data.ImageData(x, y, src.dataset, what)
+
+
+def _load_raw(name: str, split: str, folders: Sequence[str]):
+    """``name``/``split`` from the first folder that has it. A folder holding another data
+    set's files under these names (Fashion-MNIST's IDX files are named like MNIST's) is
+    passed over, as :func:`tfdprobust.data.load_experiment_data` does for public data."""
+    from tfdprobust import data
+
+    for folder in folders:
+        try:
+            found = data.load_raw(name, split, folder)
+        except data.DatasetMismatch:
+            continue
+        if found is not None:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------- layers
