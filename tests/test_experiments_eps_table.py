@@ -59,7 +59,7 @@ def test_pretrain_then_dp_finetune_cli(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # four cells, each a training and a standard-ensemble evaluation CLI run
+@pytest.mark.timeout(3600)  # four cells, each a training and a standard-ensemble evaluation CLI run
 def test_eps_table_miniature_runs_end_to_end_and_resumes(shared_data, tmp_path):
     out = tmp_path / "table"
     common = ["tfdprobust.experiments.eps_table", "--dataset=mnist", f"--data_dir={shared_data}", f"--out={out}",
