@@ -268,7 +268,16 @@ TRAINING = [
          "--data_dir=", "has no fashion_mnist", "expected e.g.", fast=False, slow=True),
     case("wrong-image-shape", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz",
          "pass files of one dataset", fast=False,
-         slow=True, setup=_wrong_shape_idx),
+         slow=True, setup=_wrong_shape_idx),    # public pre-training (tfdprobust.pretrain)
+    case("public_pretrain-unknown", "--public_pretrain=imagenet", "--public_pretrain='imagenet'", "choose one of"),
+    case("public_pretrain-is-the-private-data", "--public_pretrain=mnist", "--public_pretrain=mnist",
+         "private --dataset", "choose another source"),
+    case("pretrained_weights-missing", "--pretrained_weights={tmp}/nope.h5", "--pretrained_weights={tmp}/nope.h5",
+         "does not exist", "pass"),
+    case("freeze-bad-k", "--freeze=all_but_last:x", "--freeze", "pass e.g."),
+    case("pretrain_epochs-without-a-source", "--pretrain_epochs=2", "--pretrain_epochs", "drop --pretrain_epochs"),
+    case("freeze-unknown-layer", "--data_dir={tmp}/data --batch_size=50 --freeze=conv2d_9", "--freeze",
+         "no layer 'conv2d_9'", "choose from", fast=False, slow=True, setup=_mnist_200),
 ]
 
 
@@ -601,7 +610,15 @@ EXPERIMENTS = [
     case("time_refusals-unknown-suite", "tfdprobust.experiments.time_refusals --only=speed", "--only",
          "choose from"),
     case("profile_step-batch-size-zero", "benchmarks.profile_step --batch_size=0", "--batch_size",
-         "must be >= 1"),
+         "must be >= 1"),    case("eps_table-unknown-method", "tfdprobust.experiments.eps_table --methods=dpsgd,magic --out={tmp}/t",
+         "--methods", "magic"),
+    case("eps_table-epsilon-zero", "tfdprobust.experiments.eps_table --epsilons=3,0 --out={tmp}/t", "--epsilons",
+         "> 0"),
+    case("eps_table-pretrain-on-the-private-data", "tfdprobust.experiments.eps_table --dataset=mnist "
+         "--pretrain_source=mnist --data_dir={tmp}/precious --out={tmp}/t", "--pretrain_source=mnist",
+         "choose another source"),
+    case("eps_table-report-without-cells", "tfdprobust.experiments.eps_table --report_only --out={tmp}/t",
+         "--report_only", "holds no cells"),
 ]
 
 
@@ -619,7 +636,7 @@ ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.e
                 "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
                 "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn",
                 "benchmarks.benchmark_peers", "benchmarks.profile_step",
-                "tfdprobust.experiments.time_refusals"]
+                "tfdprobust.experiments.time_refusals", "tfdprobust.experiments.eps_table"]
 
 _HELP_PROBE = """
 import runpy, sys

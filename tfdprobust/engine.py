@@ -71,7 +71,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                  optimizer: str = "sgd", learning_rate: float = 0.5, clipping: str = "flat",
                  sampling: str = "poisson", accountant: str = "rdp", public_images=None,
                  input_shape: Optional[Tuple[int, ...]] = None, ledger_dir: Optional[str] = None,
-                 budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None) -> "PrivateTrainer":
+                 budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None,
+                 public_pretraining=None) -> "PrivateTrainer":
     """Wraps ``model`` (Sequential, functional or subclassed; inputs -> logits) into a DP
     (and, with ``attack``, adversarially robust) trainer.
 
@@ -112,6 +113,10 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
             everything the ledger holds about its data set above this epsilon.
         insecure_noise_seed: replay noise and sampling from this seed. Voids the guarantee;
             for tests and debugging only, and every statement then says so.
+        public_pretraining: the :class:`tfdprobust.pretrain.PublicPretraining` record of
+            what ``model`` saw before (from :func:`tfdprobust.pretrain.prepare`): the
+            guarantee and the metadata name it as public and outside the DP accounting.
+            Freeze layers (``pretrain.prepare`` / ``pretrain.freeze``) before this call.
 
     Raises:
         UsageError: one line naming the argument and the fix.
@@ -149,6 +154,7 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
         config = dataclasses.replace(config, dp=dataclasses.replace(dp, noise_multiplier=sigma))
     trainer = PrivateTrainer(model, config, public_images=public_images, sampling_name=sampling,
                              accountant=accountant, delta=delta, ledger_dir=ledger_dir, budget=budget)
+    trainer.public_pretraining = public_pretraining
     trainer.compile()
     return trainer
 
@@ -167,6 +173,8 @@ class PrivateTrainer(train_step.PrivateRobustModel):
         self.accountant = accountant
         self.delta = delta
         self.segments: List[Segment] = []
+        #: :class:`tfdprobust.pretrain.PublicPretraining` (public, outside the accounting) or None
+        self.public_pretraining = None
         self._fitting: Optional[Tuple[samplers.BatchSampler, int]] = None
         self._sampling_generator = (randomness.noise_generator(config.dp.insecure_noise_seed).split(1)[0]
                                     if config.dp.enabled else None)
@@ -313,7 +321,13 @@ class PrivateTrainer(train_step.PrivateRobustModel):
 
     @property
     def guarantee(self) -> str:
-        """One sentence: which guarantee :meth:`epsilon` is, or why there is none."""
+        """One sentence: which guarantee :meth:`epsilon` is, or why there is none; with
+        public pre-training, what was public and that it is outside the accounting."""
+        from tfdprobust import pretrain
+
+        return pretrain.extend_guarantee(self._dp_guarantee(), self.public_pretraining)
+
+    def _dp_guarantee(self) -> str:
         dp = self.config.dp
         if not dp.enabled:
             return "no differential privacy (DP disabled)"
@@ -339,7 +353,9 @@ class PrivateTrainer(train_step.PrivateRobustModel):
                 "dp_event": repr(self.dp_event), "attack": (dataclasses.asdict(self.config.attack)
                                                            if self.config.robust else None),
                 "adv_weight": self.config.adv_weight, "optimizer": self.config.optimizer,
-                "learning_rate": self.config.learning_rate}
+                "learning_rate": self.config.learning_rate,
+                "public_pretraining": (self.public_pretraining.as_dict()
+                                       if self.public_pretraining is not None else None)}
 
     def export(self, path: str, overwrite: bool = False) -> str:
         """Saves the network (SavedModel) with :meth:`metadata`, atomically."""

@@ -79,6 +79,9 @@ class RunConfig:
             keys (:mod:`tfdprobust.ledger`; ``None``: ``$XDG_DATA_HOME/tfdprobust``).
         budget: refuse, before training, a run that would take the composition of
             everything released about its data set (the ledger) above this epsilon.
+        pretrain: public pre-training, weights from a file and frozen layers before DP
+            training (:mod:`tfdprobust.pretrain`; ``None``: none). Outside the DP
+            accounting (it touches no private data); the guarantee names it.
     """
 
     data: DataConfig = DataConfig()
@@ -106,6 +109,7 @@ class RunConfig:
     resume: bool = False
     ledger_dir: Optional[str] = None
     budget: Optional[float] = None
+    pretrain: Optional[Any] = None
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -142,6 +146,10 @@ class RunConfig:
             require(not dp.adaptive, f"--strategy={self.strategy} does not support --clipping=adaptive yet (its "
                     "count release is not all-reduced); use --clipping=flat, per_layer or automatic")
         self._check_checkpointing()
+        if self.pretrain is not None:
+            from tfdprobust import pretrain
+
+            pretrain.check_not_private(self.pretrain, self.data.dataset)
         require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
                 "train.dp.insecure_noise_seed must be set exactly when insecure_reproducible_noise is "
                 "(use RunConfig.make)")
@@ -202,7 +210,13 @@ def build_trainer(cfg: RunConfig, public: Optional[data.ImageData], input_shape=
         noise = distribute.noise_generator(strategy, cfg.train.dp.insecure_noise_seed)  # outside the scope
     with distribute.scope(strategy):
         net = models.build_model(model_cfg, seed=cfg.seed)
+        record = None
+        if cfg.pretrain is not None and cfg.pretrain.active:  # public only: before any private step
+            from tfdprobust import pretrain
+
+            record = pretrain.prepare(net, cfg.pretrain, cfg.data.dataset, public_images, verbose=0)
         trainer = train_step.PrivateRobustModel(net, cfg.train, public_images, noise_generator=noise)
+        trainer.public_pretraining = record
         trainer.compile()
     if strategy is not None:
         # Keras would sum the replicas' step logs; the metrics are local means and the clipping
@@ -407,6 +421,12 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     for role, source in experiment.describe().items():
         log(f"data: {role:<6} {source}")
     cfg = resolve_noise(cfg, len(experiment.train))
+    if cfg.pretrain is not None and cfg.pretrain.active:  # a bad source, layer or weights file: before any write
+        from tfdprobust import pretrain
+
+        shape = experiment.train.x.shape[1:]
+        pretrain.check(cfg.pretrain, lambda: models.build_model(dataclasses.replace(cfg.model, input_shape=shape)),
+                       cfg.data.dataset, shape)
     # Every check passed: only now is anything written. The claims stop a second run with this name.
     claims = export.claim_destinations(cfg.export_dir, name, [plan.folder] if plan is not None else [])
     try:
@@ -496,6 +516,12 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
         "versions": package_versions(),
         **metrics,
     }
+    record = getattr(trainer, "public_pretraining", None)
+    if record is not None:  # what was public, and that it is outside the accounting
+        from tfdprobust import pretrain
+
+        result["public_pretraining"] = record.as_dict()
+        result["guarantee"] = pretrain.extend_guarantee(result["guarantee"], record)
     if cfg.export_dir is not None:
         # metadata.json gets `result` as it stands: nothing computed on private batches.
         path = os.path.join(cfg.export_dir, name)  # as given: recorded paths stay portable

@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide CUDA-probe noise on C
 
 from absl import flags, logging
 
-from tfdprobust import cli, ledger
+from tfdprobust import cli, ledger, pretrain_flags
 
 FLAGS = flags.FLAGS
 
@@ -102,6 +102,7 @@ flags.DEFINE_boolean("resume", False, "Continue the killed run --run_name from i
 flags.DEFINE_string("tensorboard_dir", None, "Write per-step clipping diagnostics (private: not covered by epsilon) "
                     "to <tensorboard_dir>/<run name> for TensorBoard.")
 ledger.define_flags(flags)
+pretrain_flags.define_flags(flags)  # --public_pretrain, --pretrained_weights, --freeze, ...
 
 ATTACK_CHOICES = ("none", "pgd_linf", "pgd_l2")
 # Chosen by the one-epoch sweep on full Fashion-MNIST at sigma = 7.1 (experiments/defaults/):
@@ -196,6 +197,7 @@ def check_flags():
         fc.writable_dir(FLAGS.export_dir, "--export_dir")
     fc.writable_dir(FLAGS.tensorboard_dir, "--tensorboard_dir")
     check_checkpoint_flags()
+    pretrain_flags.check_flags(FLAGS, FLAGS.dataset, FLAGS.attack)
 
 
 def checkpoint_every() -> int:
@@ -253,7 +255,8 @@ def config_from_flags():
         eval_examples=FLAGS.eval_examples, export_dir=FLAGS.export_dir,
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir,
         strategy=FLAGS.strategy, checkpoint_every=checkpoint_every(), checkpoint_dir=FLAGS.checkpoint_dir,
-        resume=FLAGS.resume, ledger_dir=FLAGS.ledger_dir, budget=FLAGS.budget)
+        resume=FLAGS.resume, ledger_dir=FLAGS.ledger_dir, budget=FLAGS.budget,
+        pretrain=pretrain_flags.config_from_flags(FLAGS, attack))
 
 
 def main(argv):
