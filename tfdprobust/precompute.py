@@ -77,8 +77,13 @@ def feature_extractor(cfg: models.ModelConfig) -> tf.keras.Model:
 
 
 def feature_shape(cfg: models.ModelConfig) -> Tuple[int, ...]:
-    """The shape of one example's features."""
-    return tuple(feature_extractor(cfg).output_shape[1:])
+    """The shape of one example's features (from the layers' shape rules: no filter bank is built)."""
+    check(cfg)
+    features, _ = _layers(cfg)
+    shape = tf.TensorShape([None, *cfg.input_shape])
+    for layer in features:
+        shape = layer.compute_output_shape(shape)
+    return tuple(int(d) for d in shape[1:])
 
 
 def build_head(cfg: models.ModelConfig, seed: int = 0) -> tf.keras.Model:
