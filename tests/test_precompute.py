@@ -103,5 +103,5 @@ def test_run_config_refuses_precomputing_with_an_attack_or_without_features():
     with pytest.raises(UsageError, match="--precompute_features conflicts with --attack=pgd_linf"):
         RunConfig.make(train=TrainConfig(attack=attack), model=CONFIGS[0], precompute_features=True)
     with pytest.raises(UsageError, match="--precompute_features needs a --model"):
-        RunConfig.make(train=TrainConfig(), model=ModelConfig(name="cnn"), precompute_features=True)
-    RunConfig.make(train=TrainConfig(), model=CONFIGS[0], precompute_features=True)
+        RunConfig.make(train=TrainConfig(attack=None), model=ModelConfig(name="cnn"), precompute_features=True)
+    assert RunConfig.make(train=TrainConfig(attack=None), model=CONFIGS[0], precompute_features=True).precompute_features
