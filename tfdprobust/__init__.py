@@ -24,6 +24,8 @@ The package is flat; each module names one concept:
 * ``evaluate``      robustness evaluation of exported models
 * ``audit``         membership-inference privacy audit (empirical lower bounds on epsilon)
 * ``tuning``        Keras Tuner search over clipping norm x learning rate (``python -m tfdprobust.tune``)
+* ``recipes``       named configurations that follow published private models (``--recipe``)
+* ``precompute``    fixed features (the scattering) computed once; the head trains on them
 * ``engine``        the facade: :func:`make_private` wraps a user's model, with the guarantee attached
 
 Importing the package loads no TensorFlow (the CLIs check their flags first); the names
@@ -60,13 +62,19 @@ _LAZY = {
 }
 
 
+# Submodules reachable as attributes (``tdp.recipes.get(...)``) without an import of their own.
+_SUBMODULES = ("recipes",)
+
+
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tfdprobust.{name}")
     raise AttributeError(f"module 'tfdprobust' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_LAZY])
+    return sorted([*globals(), *_LAZY, *_SUBMODULES])
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ Example:
     >>> net.output_shape
     (None, 10)
     >>> MODELS.names()
-    ('cnn', 'lenet', 'lenet_2fc', 'resnet20', 'tempered_cnn', 'scatternet_cnn')
+    ('cnn', 'lenet', 'lenet_2fc', 'resnet20', 'tempered_cnn', 'scatternet_cnn', 'scatternet_linear')
 """
 
 import dataclasses
@@ -35,6 +35,9 @@ from tfdprobust.registry import Registry
 
 NORMS = ("none", "public_bn", "group")
 WS_MODELS = ("resnet20", "tempered_cnn")
+# Models that start with fixed features (tfdprobust.precompute); a literal so the CLIs can
+# check --precompute_features before TensorFlow loads (a test checks it against the layers).
+PRECOMPUTABLE_MODELS = ("scatternet_cnn", "scatternet_linear")
 MODELS: Registry = Registry("model")
 
 
@@ -232,3 +235,17 @@ def build_model(cfg: ModelConfig, seed: int = 0) -> tf.keras.Model:
 
 def count_parameters(net: tf.keras.Model) -> int:
     return int(sum(math.prod(v.shape) for v in net.trainable_variables))
+
+
+@MODELS.register("scatternet_linear")
+def scatternet_linear(cfg: ModelConfig) -> Tuple[tf.keras.layers.Layer, ...]:
+    """The ScatterNet + linear model of Tramèr and Boneh, "Differentially Private Learning Needs
+    Better Features (or Much More Data)" (their ``ScatterLinear``), for 28x28 images.
+
+    scattering J=2, L=8, order 2 (7x7x81C, no weights) -> norm (group norm without affine
+    weights: ``--norm=group --groups=27`` for Fashion-MNIST) -> flatten -> dense classes
+    (39,700 parameters with one input channel). ``cfg.activation`` is unused (no hidden layer).
+    """
+    channels = cfg.input_shape[-1] * scattering_channels(J=2, L=8, max_order=2)
+    return (Scattering2D(J=2, L=8, max_order=2), *_norm_layer(cfg, channels, affine=False),
+            tf.keras.layers.Flatten(), tf.keras.layers.Dense(cfg.num_classes))

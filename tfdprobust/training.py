@@ -82,6 +82,12 @@ class RunConfig:
         pretrain: public pre-training, weights from a file and frozen layers before DP
             training (:mod:`tfdprobust.pretrain`; ``None``: none). Outside the DP
             accounting (it touches no private data); the guarantee names it.
+        precompute_features: apply the network's fixed leading feature layers (the
+            scattering of ``scatternet_*``) to the data once, train the head on the features,
+            and evaluate and export the full network (:mod:`tfdprobust.precompute`). Needs
+            ``train.attack`` to be ``None``: adversarial training attacks the pixels.
+        recipe: the name of the :mod:`tfdprobust.recipes` recipe the run follows (recorded).
+        recipe_overrides: ``(flag, value)`` pairs given explicitly over the recipe's values.
     """
 
     data: DataConfig = DataConfig()
@@ -110,6 +116,9 @@ class RunConfig:
     ledger_dir: Optional[str] = None
     budget: Optional[float] = None
     pretrain: Optional[Any] = None
+    precompute_features: bool = False
+    recipe: Optional[str] = None
+    recipe_overrides: tuple = ()
 
     def __post_init__(self):
         require(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be an integer >= 1, got {self.epochs}")
@@ -150,6 +159,18 @@ class RunConfig:
             from tfdprobust import pretrain
 
             pretrain.check_not_private(self.pretrain, self.data.dataset)
+        if self.precompute_features:
+            from tfdprobust import precompute
+
+            require(self.train.attack is None, f"--precompute_features conflicts with --attack="
+                    f"{self.train.attack.name if self.train.attack else 'none'}: adversarial training needs "
+                    "gradients with respect to the pixels; add --noprecompute_features (or --attack=none)")
+            require(self.strategy == "none", f"--precompute_features does not support --strategy={self.strategy} "
+                    "yet; use --strategy=none")
+            precompute.check(self.model)
+        require(not (self.precompute_features and self.pretrain is not None and self.pretrain.active),
+                "--precompute_features conflicts with --public_pretrain/--pretrained_weights: the pre-trained "
+                "backbone takes pixels; drop one of them")
         require((dp.insecure_noise_seed is not None) == (self.insecure_reproducible_noise and dp.enabled),
                 "train.dp.insecure_noise_seed must be set exactly when insecure_reproducible_noise is "
                 "(use RunConfig.make)")
@@ -209,7 +230,12 @@ def build_trainer(cfg: RunConfig, public: Optional[data.ImageData], input_shape=
     if strategy is not None and cfg.train.dp.enabled:
         noise = distribute.noise_generator(strategy, cfg.train.dp.insecure_noise_seed)  # outside the scope
     with distribute.scope(strategy):
-        net = models.build_model(model_cfg, seed=cfg.seed)
+        if cfg.precompute_features:  # the data are features already: only the head trains
+            from tfdprobust import precompute
+
+            net = precompute.build_head(model_cfg, seed=cfg.seed)
+        else:
+            net = models.build_model(model_cfg, seed=cfg.seed)
         record = None
         if cfg.pretrain is not None and cfg.pretrain.active:  # public only: before any private step
             from tfdprobust import pretrain
@@ -308,6 +334,13 @@ class Trained:
     resources: Optional[Dict[str, Any]] = None
     diagnostics: Optional[Dict[str, Any]] = None
     resumed_from: Optional[int] = None
+    full_net: Optional[tf.keras.Model] = None
+
+    @property
+    def net(self) -> tf.keras.Model:
+        """The network to evaluate and export: pixels -> logits (the full network when only
+        the head trained on precomputed features)."""
+        return self.full_net if self.full_net is not None else self.trainer.net
 
 
 def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageData],
@@ -337,8 +370,19 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
         UsageError: if training diverges (see :class:`~tfdprobust.train_step.DivergenceGuard`).
     """
     strategy = distribute.make_strategy(cfg.strategy)
+    image_shape = private.x.shape[1:]
+    if cfg.precompute_features:  # fixed per-example pre-processing: no privacy cost (tfdprobust.precompute)
+        from tfdprobust import precompute
+
+        extractor = precompute.feature_extractor(dataclasses.replace(cfg.model, input_shape=image_shape))
+        log(f"precomputing the fixed {extractor.name} ({', '.join(l.name for l in extractor.layers)}) once per "
+            "image: the head trains on them, the full network is evaluated and exported")
+        shown = log if cfg.verbose else None
+        private = precompute.transform_data(extractor, private, "the private training images", shown)
+        public = precompute.transform_data(extractor, public, "the public images", shown)
+        monitor = precompute.transform_data(extractor, monitor, "the monitor (test) images", shown)
     tf.keras.utils.set_random_seed(cfg.seed)
-    trainer = build_trainer(cfg, public, input_shape=private.x.shape[1:], strategy=strategy)
+    trainer = build_trainer(cfg, public, input_shape=image_shape, strategy=strategy)
     if checkpointing is not None and checkpointing.state is not None:
         checkpoint.restore(trainer, checkpointing.state)  # weights, optimizer, clip bound; never generators
     randomness.reseed_global(cfg.insecure_seed)
@@ -391,8 +435,13 @@ def train(cfg: RunConfig, private: data.ImageData, public: Optional[data.ImageDa
     if steps != planned:
         raise RuntimeError(f"the optimizer took {steps} steps but the sampler planned {planned}; "
                            "refusing to report an epsilon for steps that did not run as accounted")
+    full_net = None
+    if cfg.precompute_features:
+        from tfdprobust import precompute
+
+        full_net = precompute.full_model(dataclasses.replace(cfg.model, input_shape=image_shape), trainer.net)
     return Trained(trainer, history, steps, sampler, seconds, monitor_resources.summary(),
-                   diagnostics_logger.summary() if logs_diagnostics else None, resumed_from)
+                   diagnostics_logger.summary() if logs_diagnostics else None, resumed_from, full_net)
 
 
 def run(cfg: RunConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -465,7 +514,7 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
     trainer, history, steps, sampler = trained.trainer, trained.history, trained.steps, trained.sampler
     earlier_epsilons = (checkpointing.state.manifest.get("epsilon_per_epoch", [])
                         if checkpointing is not None and checkpointing.state is not None else [])
-    metrics = (evaluate_net(trainer.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
+    metrics = (evaluate_net(trained.net, experiment.test, cfg.eval_attack, cfg.verbose, log,
                             preset=cfg.eval_preset, examples=cfg.eval_examples)
                if distribute.is_chief(strategy) else {})
     final_spec = spec.replace(steps=steps) if dp.enabled else None
@@ -514,6 +563,8 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
         "workers": distribute.num_workers(strategy),
         "worker_index": distribute.worker_index(strategy),
         "versions": package_versions(),
+        "precomputed_features": cfg.precompute_features,
+        "recipe": ({"name": cfg.recipe, "overrides": dict(cfg.recipe_overrides)} if cfg.recipe else None),
         **metrics,
     }
     record = getattr(trainer, "public_pretraining", None)
@@ -525,7 +576,7 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
     if cfg.export_dir is not None:
         # metadata.json gets `result` as it stands: nothing computed on private batches.
         path = os.path.join(cfg.export_dir, name)  # as given: recorded paths stay portable
-        export.export_model(trainer.net, path, result)
+        export.export_model(trained.net, path, result)
         result["export_path"] = path
         result["results_path"] = path + ".json"
     # Only the run JSON (beside the export) and the returned dict carry these. Timing depends

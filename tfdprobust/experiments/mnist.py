@@ -19,6 +19,9 @@ from tfdprobust import cli, ledger, pretrain_flags
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_string("recipe", None, "Start from a named configuration of tfdprobust.recipes (e.g. "
+                    "scatternet_fmnist_eps3); flags given explicitly override its values, and the results record "
+                    "the recipe and the overrides.")
 # Data
 flags.DEFINE_string("dataset", "mnist", "Private dataset (TFDS name or raw files in --data_dir).")
 flags.DEFINE_string("data_dir", None, "Folder with raw MNIST IDX .gz / KMNIST .npz files (e.g. ../shared/data).")
@@ -39,6 +42,9 @@ flags.DEFINE_string("norm", "public_bn", "Normalization: none, public_bn (statis
 flags.DEFINE_string("activation", "relu", "Hidden activation: relu or tanh.")
 flags.DEFINE_integer("groups", 4, "Preferred number of groups of --norm=group (the largest divisor of the channel "
                      "count not above it is used).")
+flags.DEFINE_boolean("precompute_features", False, "Apply the model's fixed features (the scattering of "
+                     "scatternet_*) to the data once, train the rest on them and export the full model "
+                     "(tfdprobust.precompute); needs --attack=none.")
 flags.DEFINE_boolean("weight_standardization", False, "Standardize every convolution kernel (resnet20, "
                      "tempered_cnn).")
 # Optimization and privacy
@@ -132,6 +138,7 @@ def check_flags():
     from tfdprobust import flagcheck as fc
     from tfdprobust.errors import require
 
+    apply_recipe()
     fc.finite_floats(FLAGS)
     fc.ranges(FLAGS, {"noise": ">=0", "l2_clip": ">0", "learning_rate": "(0,1e6]", "delta": "(0,1)",
                       "target_epsilon": ">0", "eps": ">=0", "step_size": ">0", "adv_weight": "[0,1]",
@@ -177,6 +184,13 @@ def check_flags():
         ("checkpoint_dir", checkpoint_every() == 0, "no checkpoints are written (--checkpoint_every=0)"),
     ])
     # Flags that cannot work together.
+    require(not (FLAGS.precompute_features and FLAGS.attack != "none"),
+            f"--precompute_features conflicts with --attack={FLAGS.attack}: adversarial training needs gradients "
+            "with respect to the pixels; add --noprecompute_features (or --attack=none)")
+    precomputable = fc.constant("tfdprobust.models", "PRECOMPUTABLE_MODELS")
+    require(not FLAGS.precompute_features or FLAGS.model in precomputable,
+            f"--precompute_features needs a --model that starts with fixed features ({', '.join(precomputable)}), "
+            f"got --model={FLAGS.model}; drop --precompute_features")
     require(not (FLAGS.strategy != "none" and FLAGS.checkpoint_every > 0 and FLAGS["checkpoint_every"].present),
             f"--checkpoint_every conflicts with --strategy={FLAGS.strategy}: it cannot checkpoint yet; "
             "use --checkpoint_every=0")
@@ -198,6 +212,18 @@ def check_flags():
     fc.writable_dir(FLAGS.tensorboard_dir, "--tensorboard_dir")
     check_checkpoint_flags()
     pretrain_flags.check_flags(FLAGS, FLAGS.dataset, FLAGS.attack)
+
+
+def apply_recipe():
+    """``--recipe``: sets the flags the command line did not give to the recipe's values
+    (NumPy only; idempotent). An unknown name is one line listing the recipes.
+
+    Returns:
+        The ``(flag, value)`` pairs given explicitly over the recipe's values.
+    """
+    from tfdprobust import recipes
+
+    return () if FLAGS.recipe is None else recipes.apply(recipes.get(FLAGS.recipe), FLAGS)
 
 
 def checkpoint_every() -> int:
@@ -256,7 +282,8 @@ def config_from_flags():
         run_name=FLAGS.run_name, seed=FLAGS.seed, verbose=FLAGS.verbose, tensorboard_dir=FLAGS.tensorboard_dir,
         strategy=FLAGS.strategy, checkpoint_every=checkpoint_every(), checkpoint_dir=FLAGS.checkpoint_dir,
         resume=FLAGS.resume, ledger_dir=FLAGS.ledger_dir, budget=FLAGS.budget,
-        pretrain=pretrain_flags.config_from_flags(FLAGS, attack))
+        pretrain=pretrain_flags.config_from_flags(FLAGS, attack),
+        precompute_features=FLAGS.precompute_features, recipe=FLAGS.recipe, recipe_overrides=apply_recipe())
 
 
 def main(argv):
