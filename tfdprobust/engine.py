@@ -71,7 +71,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                  optimizer: str = "sgd", learning_rate: float = 0.5, clipping: str = "flat",
                  sampling: str = "poisson", accountant: str = "rdp", public_images=None,
                  input_shape: Optional[Tuple[int, ...]] = None, ledger_dir: Optional[str] = None,
-                 budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None) -> "PrivateTrainer":
+                 budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None,
+                 jit_compile: bool = False) -> "PrivateTrainer":
     """Wraps ``model`` (Sequential, functional or subclassed; inputs -> logits) into a DP
     (and, with ``attack``, adversarially robust) trainer.
 
@@ -112,6 +113,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
             everything the ledger holds about its data set above this epsilon.
         insecure_noise_seed: replay noise and sampling from this seed. Voids the guarantee;
             for tests and debugging only, and every statement then says so.
+        jit_compile: compile the train step with XLA (``TrainConfig.jit_compile``; off by
+            default, slower on the CPUs we measured).
 
     Raises:
         UsageError: one line naming the argument and the fix.
@@ -139,7 +142,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                              clipping=clipping, insecure_noise_seed=insecure_noise_seed)
     config = train_step.TrainConfig(optimizer=optimizer, learning_rate=learning_rate,
                                     expected_batch_size=int(expected_batch_size), dp=dp,
-                                    attack=_attack_config(attack), adv_weight=adv_weight)
+                                    attack=_attack_config(attack), adv_weight=adv_weight,
+                                    jit_compile=bool(jit_compile))
     if target_epsilon is not None:
         spec = accounting.AccountingSpec(
             num_examples=int(num_examples), batch_size=int(expected_batch_size), epochs=float(epochs),

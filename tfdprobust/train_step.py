@@ -37,7 +37,8 @@ no clipping or noise); with ``attack=None`` or ``adv_weight=0`` a non-robust one
 
 import dataclasses
 import math
-from typing import List, Optional, Tuple
+import types
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -130,6 +131,10 @@ class TrainConfig:
         dp: :class:`DPConfig`.
         attack: the training attack, or ``None`` for no adversarial training.
         adv_weight: w in ``(1 - w) * clean loss + w * adversarial loss``, per example.
+        jit_compile: compile the whole train step (attack loop included) with XLA. Off by
+            default: on CPU with TensorFlow 2.15 it made every step we measured 2-3x slower, DP
+            or not (``experiments/benchmarks/profile_s10.md``); the results are the same up to
+            float rounding.
     """
 
     optimizer: str = "sgd"
@@ -139,6 +144,7 @@ class TrainConfig:
     attack: Optional[attacks.AttackConfig] = attacks.AttackConfig(
         name="pgd_linf", eps=0.1, steps=10, random_start=True)
     adv_weight: float = 0.5
+    jit_compile: bool = False
 
     def __post_init__(self):
         spec = OPTIMIZERS.get(self.optimizer)
@@ -247,10 +253,13 @@ class PrivateRobustModel(tf.keras.Model):
         self.adv_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         # Examples dropped for a non-finite gradient (live diagnostic; private, not published).
         self.dropped = tf.keras.metrics.Sum(name="dropped")
+        # A plain holder: Keras would wrap a dict attribute into its tracked state.
+        self._traced = types.SimpleNamespace(norm_methods={})
 
     def compile(self, **kwargs):
         kwargs.setdefault("optimizer", self.config.make_optimizer(
             self.clip_bound if self.config.dp.adaptive else None))
+        kwargs.setdefault("jit_compile", self.config.jit_compile)
         super().compile(**kwargs)
 
     def fit(self, *args, **kwargs):
@@ -270,6 +279,14 @@ class PrivateRobustModel(tf.keras.Model):
             with self.distribute_strategy.scope(), tf.name_scope(self.optimizer._name):
                 self.optimizer._create_all_weights(self.net.trainable_variables)
         return super().fit(*args, **kwargs)
+
+    @property
+    def norm_methods(self) -> Dict[str, str]:
+        """Variable name -> ``ghost``, ``materialized`` or ``fallback``: how the DP step computes
+        each weight's per-example norm (empty until the step is traced). Chosen from the layer
+        shapes and, where the cost model is not decisive, a timing probe on synthetic data
+        (:mod:`tfdprobust.per_example.calibration`): never from the training data."""
+        return dict(self._traced.norm_methods)
 
     @property
     def metrics(self):
@@ -358,6 +375,7 @@ class PrivateRobustModel(tf.keras.Model):
         if per_example.supports(self.net):
             out = per_example.clipped_sum(self.net, rows, labels, weights, bound, copies, dp.clipping,
                                           dp.auto_gamma, unclipped=dp.clip_bias_cosine)
+            self._traced.norm_methods = dict(out.methods)
             return out.clipped, out.unclipped, out.norms, out.logits
         grads, logits = per_example.vectorized_map_gradients(self.net, rows, labels, weights)
         grads = per_example.fold_rows(grads, copies)

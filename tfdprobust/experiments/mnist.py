@@ -68,6 +68,8 @@ flags.DEFINE_float("count_noise", None, "--clipping=adaptive: noise std on the u
                    "size / 20).")
 flags.DEFINE_boolean("clip_bias_cosine", False, "Also log the cosine between the clipped and the unclipped gradient "
                      "sum each step (a private diagnostic; costs a second weighted sum per layer).")
+flags.DEFINE_boolean("jit_compile", False, "Compile the train step (attack loop included) with XLA. Off by default: "
+                     "2-3x slower on the CPUs measured (docs/performance.md); same results up to float rounding.")
 # Adversarial training
 flags.DEFINE_string("attack", "pgd_linf", "Training attack: none, pgd_linf or pgd_l2.")
 flags.DEFINE_float("eps", 0.1, "Attack radius (pixel scale [0, 1]).")
@@ -241,7 +243,7 @@ def config_from_flags():
                     clipping=FLAGS.clipping, auto_gamma=FLAGS.auto_gamma, target_quantile=FLAGS.target_quantile,
                     quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise,
                     clip_bias_cosine=FLAGS.clip_bias_cosine),
-        attack=attack, adv_weight=FLAGS.adv_weight)
+        attack=attack, adv_weight=FLAGS.adv_weight, jit_compile=FLAGS.jit_compile)
     return training.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
         data=data_config(),
