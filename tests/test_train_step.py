@@ -331,7 +331,7 @@ def test_bad_train_config_names_the_flag(kwargs, flag):
 @pytest.mark.parametrize("kwargs,flag", [(dict(l2_clip=0), "--l2_clip"), (dict(noise_multiplier=-1), "--noise"),
                                          (dict(l2_clip=float("inf")), "--l2_clip"),
                                          (dict(noise_multiplier=float("inf")), "--noise"),
-                                         (dict(path="jax"), "--dp_path")])
+                                         (dict(path="jax"), "--dp_path"), (dict(chunk_rows=1), "--dp_chunk_rows")])
 def test_bad_dp_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         DPConfig(**kwargs)

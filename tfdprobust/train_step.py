@@ -83,6 +83,10 @@ class DPConfig:
             ``diag_clip_bias_cosine`` diagnostic. Off by default: it is a second weighted
             sum per layer, and it tips layers with few rows per example (a dense layer under
             PGD) to written-out per-example gradients. The other diagnostics are free.
+        chunk_rows: the clipped sum takes the batch in chunks of at most this many rows (whole
+            examples, each with its clean and adversarial rows), one after the other; exact (see
+            :func:`tfdprobust.per_example.clipped_sum`), and it bounds the DP step's extra memory.
+            ``None``: one pass over the batch.
     """
 
     enabled: bool = True
@@ -96,6 +100,7 @@ class DPConfig:
     quantile_learning_rate: float = 0.2
     count_noise: Optional[float] = None
     clip_bias_cosine: bool = False
+    chunk_rows: Optional[int] = None
 
     def __post_init__(self):
         require(math.isfinite(self.l2_clip) and self.l2_clip > 0,
@@ -111,6 +116,8 @@ class DPConfig:
         require(0 < self.target_quantile < 1, f"--target_quantile must be in (0, 1), got {self.target_quantile}")
         require(math.isfinite(self.quantile_learning_rate) and self.quantile_learning_rate > 0,
                 f"--quantile_learning_rate must be a finite number > 0, got {self.quantile_learning_rate}")
+        require(self.chunk_rows is None or self.chunk_rows >= 2,
+                f"--dp_chunk_rows must be >= 2 (an example's clean and adversarial rows), got {self.chunk_rows}")
         require(self.count_noise is None or (math.isfinite(self.count_noise) and self.count_noise > 0),
                 f"--count_noise must be a finite number > 0, got {self.count_noise}")
 
@@ -374,7 +381,7 @@ class PrivateRobustModel(tf.keras.Model):
         rows, labels, weights, copies = self.rows(x, x_adv, y)
         if per_example.supports(self.net):
             out = per_example.clipped_sum(self.net, rows, labels, weights, bound, copies, dp.clipping,
-                                          dp.auto_gamma, unclipped=dp.clip_bias_cosine)
+                                          dp.auto_gamma, unclipped=dp.clip_bias_cosine, chunk_rows=dp.chunk_rows)
             self._traced.norm_methods = dict(out.methods)
             return out.clipped, out.unclipped, out.norms, out.logits
         grads, logits = per_example.vectorized_map_gradients(self.net, rows, labels, weights)
