@@ -20,6 +20,11 @@ LEDGER_ENV = "TFDPROBUST_LEDGER_DIR"
 _SESSION_LEDGERS = tempfile.mkdtemp(prefix="tfdprobust-test-ledgers-")
 os.environ[LEDGER_ENV] = _SESSION_LEDGERS
 atexit.register(shutil.rmtree, _SESSION_LEDGERS, True)
+# Nor into the user's cache (tfdprobust.per_example.calibration's per-machine probe results).
+CACHE_ENV = "TFDPROBUST_CACHE_DIR"
+_SESSION_CACHE = tempfile.mkdtemp(prefix="tfdprobust-test-cache-")
+os.environ[CACHE_ENV] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 
 @pytest.fixture(autouse=True)

@@ -110,3 +110,22 @@ def test_rounds_run_the_whole_grid_in_order_and_report_the_median_round(monkeypa
     assert "Opacus' best DP mode, round by round" not in text  # no Opacus entry ran
     with pytest.raises(UsageError, match="--rounds"):
         runner.run_grid(specs, 10.0, rounds=0)
+
+
+def test_the_report_names_the_machine_and_an_isa_emulation(monkeypatch):
+    """Every report says which CPU (model, AVX2 or not), how many cores and which commit it
+    measured, and marks a run with oneDNN limited to an older ISA as an emulation."""
+    cpuinfo = open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists("/proc/cpuinfo") else ""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native = runner.machine()
+    assert native["cores"] == os.cpu_count() and native["onednn_max_cpu_isa"] is None
+    assert native["avx2"] == (" avx2" in cpuinfo)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX")
+    emulated = runner.machine()
+    rows = [{"key": f"ours_dp:cnn:{batch}:clean", "error": "not run", "load_before": 1.0, "machine": m}
+            for batch, m in ((8, native), (16, emulated))]
+    text = runner.report(rows, "cmd", "test")
+    lines = [line for line in text.splitlines() if line.startswith("Machine: ")]
+    assert len(lines) == 2
+    assert all(f"avx2 {'yes' if native['avx2'] else 'no'}" in line and native["commit"] in line for line in lines)
+    assert sum("oneDNN limited to AVX" in line and "emulation" in line for line in lines) == 1

@@ -494,3 +494,38 @@ def test_an_outer_tape_through_the_clipped_sum_leaves_the_ledger_as_it_was(float
     assert outer.gradient(total, x) is not None
     assert [len(e.pieces) for e in books[0].entries] == pieces_before
     assert all(a is b for a, b in zip(squared_before, [e.squared for e in books[0].entries]))
+
+
+@pytest.mark.parametrize("clip,compiled", [("flat", False), ("per_layer", True)])
+def test_chunks_of_examples_give_the_one_pass_clipped_sum(tiny_images, compiled, clip):
+    """clipped_sum(chunk_rows=...) runs the batch in chunks of whole examples (an example's
+    clean and adversarial rows stay together): the sums, norms and logits equal one pass, also
+    for a batch of unknown size that does not divide into chunks, and for an empty one."""
+    x_all, y_all, _ = tiny_images
+    net = build_model(ModelConfig(name="cnn", norm="group", activation="tanh"), seed=3)
+    x = tf.constant(np.concatenate([x_all[:7], 1 - x_all[:7]]))  # 7 examples, 2 copies
+    y = tf.constant(np.tile(y_all[:7], 2))
+    w = tf.constant(np.r_[np.full(7, 0.3), np.full(7, 0.7)].astype(np.float32))
+
+    def runner(chunk_rows):
+        def run(x, y, w):
+            out = per_example.clipped_sum(net, x, y, w, 0.05, copies=2, clipping_name=clip, unclipped=True,
+                                          chunk_rows=chunk_rows)
+            out.norms.shape.assert_has_rank(1)  # the diagnostics' boolean_mask needs a known rank
+            return out.clipped, out.unclipped, out.norms, out.logits
+
+        if not compiled:
+            return run
+        # unknown batch size, as under Poisson sampling
+        spec = [tf.TensorSpec([None, *x.shape[1:]]), tf.TensorSpec([None], tf.int64), tf.TensorSpec([None])]
+        return tf.function(run, input_signature=spec)
+
+    whole = runner(None)(x, y, w)
+    chunked_run = runner(6)  # 3 examples per chunk: 3 + 3 + 1
+    chunked = chunked_run(x, y, w)
+    assert whole[2].shape == [7] and whole[3].shape == [14, 10]
+    for a, b in zip(tf.nest.flatten(whole), tf.nest.flatten(chunked)):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5 * np.abs(a.numpy()).max())
+    assert (whole[2].numpy() > 0.05).any()  # some examples are clipped
+    empty = chunked_run(x[:0], y[:0], w[:0])
+    assert all(not np.any(g.numpy()) for g in empty[0]) and empty[2].shape == [0] and empty[3].shape == [0, 10]

@@ -331,7 +331,7 @@ def test_bad_train_config_names_the_flag(kwargs, flag):
 @pytest.mark.parametrize("kwargs,flag", [(dict(l2_clip=0), "--l2_clip"), (dict(noise_multiplier=-1), "--noise"),
                                          (dict(l2_clip=float("inf")), "--l2_clip"),
                                          (dict(noise_multiplier=float("inf")), "--noise"),
-                                         (dict(path="jax"), "--dp_path")])
+                                         (dict(path="jax"), "--dp_path"), (dict(chunk_rows=1), "--dp_chunk_rows")])
 def test_bad_dp_config_names_the_flag(kwargs, flag):
     with pytest.raises(UsageError, match=flag):
         DPConfig(**kwargs)
@@ -373,3 +373,32 @@ def test_without_tensorflow_privacy_its_path_is_refused_in_one_line_naming_the_e
         TrainConfig(dp=DPConfig(path="tf_privacy"))
     assert "--dp_path=tf_privacy" in str(err.value) and "[tfprivacy]" in str(err.value)
     assert "--dp_path=vectorized" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dp", [True, False])
+def test_the_xla_compiled_step_equals_the_graph_step(tiny_images, dp):
+    """TrainConfig.jit_compile (--jit_compile) compiles the whole step, the PGD loop included,
+    with XLA: one step from the same weights on the same batch gives the same weights (no noise,
+    no random start, so both steps are deterministic) up to float rounding."""
+    x, y, _ = tiny_images
+    attack = attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2, random_start=False)
+    def small_net():
+        tf.keras.utils.set_random_seed(0)
+        return tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Conv2D(4, 3, strides=2),
+                                    tf.keras.layers.GroupNormalization(2), tf.keras.layers.Activation("tanh"),
+                                    tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+
+    weights = []
+    for jit in (False, True):
+        net = small_net()
+        cfg = TrainConfig(expected_batch_size=8, attack=attack, jit_compile=jit,
+                          dp=DPConfig(enabled=dp, l2_clip=0.1, noise_multiplier=0.0))
+        model = PrivateRobustModel(net, cfg)
+        model.compile()
+        assert model._jit_compile is jit  # noqa: SLF001  (Keras' record of the compile option)
+        batches = iter(tf.data.Dataset.from_tensors((tf.constant(x[:8]), tf.constant(y[:8]))).repeat())
+        model.make_train_function()(batches)
+        weights.append(np.concatenate([v.numpy().ravel() for v in net.trainable_variables]))
+    initial = np.concatenate([v.numpy().ravel() for v in small_net().trainable_variables])
+    assert np.abs(weights[0] - initial).max() > 1e-4  # the step moved the weights
+    np.testing.assert_allclose(weights[1], weights[0], rtol=1e-4, atol=1e-6)

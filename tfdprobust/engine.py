@@ -72,7 +72,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                  sampling: str = "poisson", accountant: str = "rdp", public_images=None,
                  input_shape: Optional[Tuple[int, ...]] = None, ledger_dir: Optional[str] = None,
                  budget: Optional[float] = None, insecure_noise_seed: Optional[int] = None,
-                 public_pretraining=None) -> "PrivateTrainer":
+                 public_pretraining=None,
+                 jit_compile: bool = False) -> "PrivateTrainer":
     """Wraps ``model`` (Sequential, functional or subclassed; inputs -> logits) into a DP
     (and, with ``attack``, adversarially robust) trainer.
 
@@ -117,6 +118,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
             what ``model`` saw before (from :func:`tfdprobust.pretrain.prepare`): the
             guarantee and the metadata name it as public and outside the DP accounting.
             Freeze layers (``pretrain.prepare`` / ``pretrain.freeze``) before this call.
+        jit_compile: compile the train step with XLA (``TrainConfig.jit_compile``; off by
+            default, slower on the CPUs we measured).
 
     Raises:
         UsageError: one line naming the argument and the fix.
@@ -144,7 +147,8 @@ def make_private(model: tf.keras.Model, *, expected_batch_size: int, l2_clip: fl
                              clipping=clipping, insecure_noise_seed=insecure_noise_seed)
     config = train_step.TrainConfig(optimizer=optimizer, learning_rate=learning_rate,
                                     expected_batch_size=int(expected_batch_size), dp=dp,
-                                    attack=_attack_config(attack), adv_weight=adv_weight)
+                                    attack=_attack_config(attack), adv_weight=adv_weight,
+                                    jit_compile=bool(jit_compile))
     if target_epsilon is not None:
         spec = accounting.AccountingSpec(
             num_examples=int(num_examples), batch_size=int(expected_batch_size), epochs=float(epochs),

@@ -37,7 +37,8 @@ no clipping or noise); with ``attack=None`` or ``adv_weight=0`` a non-robust one
 
 import dataclasses
 import math
-from typing import List, Optional, Tuple
+import types
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -82,6 +83,10 @@ class DPConfig:
             ``diag_clip_bias_cosine`` diagnostic. Off by default: it is a second weighted
             sum per layer, and it tips layers with few rows per example (a dense layer under
             PGD) to written-out per-example gradients. The other diagnostics are free.
+        chunk_rows: the clipped sum takes the batch in chunks of at most this many rows (whole
+            examples, each with its clean and adversarial rows), one after the other; exact (see
+            :func:`tfdprobust.per_example.clipped_sum`), and it bounds the DP step's extra memory.
+            ``None``: one pass over the batch.
     """
 
     enabled: bool = True
@@ -95,6 +100,7 @@ class DPConfig:
     quantile_learning_rate: float = 0.2
     count_noise: Optional[float] = None
     clip_bias_cosine: bool = False
+    chunk_rows: Optional[int] = None
 
     def __post_init__(self):
         require(math.isfinite(self.l2_clip) and self.l2_clip > 0,
@@ -110,6 +116,8 @@ class DPConfig:
         require(0 < self.target_quantile < 1, f"--target_quantile must be in (0, 1), got {self.target_quantile}")
         require(math.isfinite(self.quantile_learning_rate) and self.quantile_learning_rate > 0,
                 f"--quantile_learning_rate must be a finite number > 0, got {self.quantile_learning_rate}")
+        require(self.chunk_rows is None or self.chunk_rows >= 2,
+                f"--dp_chunk_rows must be >= 2 (an example's clean and adversarial rows), got {self.chunk_rows}")
         require(self.count_noise is None or (math.isfinite(self.count_noise) and self.count_noise > 0),
                 f"--count_noise must be a finite number > 0, got {self.count_noise}")
 
@@ -130,6 +138,10 @@ class TrainConfig:
         dp: :class:`DPConfig`.
         attack: the training attack, or ``None`` for no adversarial training.
         adv_weight: w in ``(1 - w) * clean loss + w * adversarial loss``, per example.
+        jit_compile: compile the whole train step (attack loop included) with XLA. Off by
+            default: on CPU with TensorFlow 2.15 it made every step we measured 2-3x slower, DP
+            or not (``experiments/benchmarks/profile_s10.md``); the results are the same up to
+            float rounding.
     """
 
     optimizer: str = "sgd"
@@ -139,6 +151,7 @@ class TrainConfig:
     attack: Optional[attacks.AttackConfig] = attacks.AttackConfig(
         name="pgd_linf", eps=0.1, steps=10, random_start=True)
     adv_weight: float = 0.5
+    jit_compile: bool = False
 
     def __post_init__(self):
         spec = OPTIMIZERS.get(self.optimizer)
@@ -247,10 +260,13 @@ class PrivateRobustModel(tf.keras.Model):
         self.adv_accuracy = tf.keras.metrics.SparseCategoricalAccuracy(name="adv_acc")
         # Examples dropped for a non-finite gradient (live diagnostic; private, not published).
         self.dropped = tf.keras.metrics.Sum(name="dropped")
+        # A plain holder: Keras would wrap a dict attribute into its tracked state.
+        self._traced = types.SimpleNamespace(norm_methods={})
 
     def compile(self, **kwargs):
         kwargs.setdefault("optimizer", self.config.make_optimizer(
             self.clip_bound if self.config.dp.adaptive else None))
+        kwargs.setdefault("jit_compile", self.config.jit_compile)
         super().compile(**kwargs)
 
     def fit(self, *args, **kwargs):
@@ -270,6 +286,14 @@ class PrivateRobustModel(tf.keras.Model):
             with self.distribute_strategy.scope(), tf.name_scope(self.optimizer._name):
                 self.optimizer._create_all_weights(self.net.trainable_variables)
         return super().fit(*args, **kwargs)
+
+    @property
+    def norm_methods(self) -> Dict[str, str]:
+        """Variable name -> ``ghost``, ``materialized`` or ``fallback``: how the DP step computes
+        each weight's per-example norm (empty until the step is traced). Chosen from the layer
+        shapes and, where the cost model is not decisive, a timing probe on synthetic data
+        (:mod:`tfdprobust.per_example.calibration`): never from the training data."""
+        return dict(self._traced.norm_methods)
 
     @property
     def metrics(self):
@@ -357,7 +381,8 @@ class PrivateRobustModel(tf.keras.Model):
         rows, labels, weights, copies = self.rows(x, x_adv, y)
         if per_example.supports(self.net):
             out = per_example.clipped_sum(self.net, rows, labels, weights, bound, copies, dp.clipping,
-                                          dp.auto_gamma, unclipped=dp.clip_bias_cosine)
+                                          dp.auto_gamma, unclipped=dp.clip_bias_cosine, chunk_rows=dp.chunk_rows)
+            self._traced.norm_methods = dict(out.methods)
             return out.clipped, out.unclipped, out.norms, out.logits
         grads, logits = per_example.vectorized_map_gradients(self.net, rows, labels, weights)
         grads = per_example.fold_rows(grads, copies)

@@ -557,6 +557,12 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
         "train_attack": dataclasses.asdict(cfg.train.attack) if cfg.train.robust else None,
         "adv_weight": cfg.train.adv_weight if cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(cfg.eval_attack) if cfg.eval_attack else None,
+        "jit_compile": cfg.train.jit_compile,
+        # How each weight's per-example norm was computed: from the layer shapes and a timing
+        # probe on synthetic data (tfdprobust.per_example.calibration), not from private data.
+        "norm_methods": ({"methods": trainer.norm_methods, "source": "layer shapes and a timing probe on synthetic "
+                          "data on this machine; not derived from private data"}
+                         if dp.enabled and dp.path == "vectorized" else None),
         "seed": cfg.seed,
         "strategy": cfg.strategy,
         "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,

@@ -42,6 +42,47 @@ def grid(frameworks: Sequence[str], models: Sequence[str], batch_sizes: Sequence
     return specs
 
 
+def machine() -> Dict:
+    """What the figures depend on besides the code: the CPU (as ``lscpu`` names it: model and the
+    vector instruction sets), its cores, oneDNN's ISA limit if one is set (an emulation of an older
+    CPU's oneDNN kernels, not that CPU), the TensorFlow version and the commit measured."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = os.environ.get("TFDPROBUST_BENCH_COMMIT", "unknown (not a git checkout)")
+    try:
+        import importlib.metadata
+
+        tf_version = importlib.metadata.version("tensorflow")
+    except Exception:  # noqa: BLE001  (any failure: the version is only reported)
+        tf_version = "unknown"
+    return {"cpu": info.get("model name", "unknown"), "cores": os.cpu_count(),
+            **{isa: isa in flags for isa in ("avx", "avx2", "fma", "avx512f")},
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "tensorflow": tf_version, "commit": commit}
+
+
+def describe_machine(m: Dict) -> str:
+    isas = ", ".join(f"{isa} {'yes' if m.get(isa) else 'no'}" for isa in ("avx", "avx2", "fma", "avx512f"))
+    limit = (f"; oneDNN limited to {m['onednn_max_cpu_isa']} (ONEDNN_MAX_CPU_ISA: an emulation of that ISA's "
+             "oneDNN kernels, Eigen's kernels unchanged)" if m.get("onednn_max_cpu_isa") else "")
+    return (f"{m.get('cpu')} ({isas}), {m.get('cores')} cores{limit}; TensorFlow {m.get('tensorflow')}; "
+            f"commit {m.get('commit')}")
+
+
 def run_one(spec: peers.Spec, timeout: float, python: str = sys.executable) -> Dict:
     """Measures ``spec`` in a fresh one-thread process of ``python`` (another stack's
     interpreter for :mod:`benchmarks.compare_stacks`); failures are recorded, not raised."""
@@ -55,7 +96,7 @@ def run_one(spec: peers.Spec, timeout: float, python: str = sys.executable) -> D
     except subprocess.TimeoutExpired:
         return {"key": spec.key, "error": f"timed out after {timeout:.0f} s", "load_before": load_before}
     out = {"key": spec.key, "load_before": load_before, "load_after": os.getloadavg()[0],
-           "process_seconds": time.time() - start}
+           "process_seconds": time.time() - start, "machine": machine()}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -129,6 +170,8 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
     lines = [f"# Peer benchmark: {label}", "", *([note, ""] if note else []),
              *([f"Command: `{command}`"] if isinstance(command, str) else
                ["Commands (their results are combined below):", *[f"- `{c}`" for c in command]]), "",
+             *[f"Machine: {m}" for m in sorted({describe_machine(r["machine"]) for r in results if "machine" in r})],
+             "",
              f"Load average (1 min) during the runs: {min(loads):.1f} to {max(loads):.1f} on 2 cores shared with "
              "other jobs." if loads else "", "",
              "Every configuration ran in its own process with one thread, once per round (every round runs "

@@ -74,6 +74,11 @@ flags.DEFINE_float("count_noise", None, "--clipping=adaptive: noise std on the u
                    "size / 20).")
 flags.DEFINE_boolean("clip_bias_cosine", False, "Also log the cosine between the clipped and the unclipped gradient "
                      "sum each step (a private diagnostic; costs a second weighted sum per layer).")
+flags.DEFINE_integer("dp_chunk_rows", None, "Run the DP clipped sum over the batch in chunks of at most this many rows "
+                     "(whole examples with their clean and adversarial rows): exact, and it bounds the DP step's extra "
+                     "memory (e.g. 256 for ResNet-20 with PGD). Default: one pass.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the train step (attack loop included) with XLA. Off by default: "
+                     "2-3x slower on the CPUs measured (docs/performance.md); same results up to float rounding.")
 # Adversarial training
 flags.DEFINE_string("attack", "pgd_linf", "Training attack: none, pgd_linf or pgd_l2.")
 flags.DEFINE_float("eps", 0.1, "Attack radius (pixel scale [0, 1]).")
@@ -167,7 +172,8 @@ def check_flags():
     nodp, no_attack, no_eval = not FLAGS.dp, FLAGS.attack == "none", FLAGS.eps == 0
     fc.refuse_ignored(FLAGS, [
         *[(name, nodp, "--nodp trains without clipping or noise")
-          for name in ("noise", "l2_clip", "target_epsilon", "clipping", "clip_bias_cosine", "dp_path")],
+          for name in ("noise", "l2_clip", "target_epsilon", "clipping", "clip_bias_cosine", "dp_path",
+                       "dp_chunk_rows")],
         *[(name, nodp, "--nodp has no privacy guarantee to account") for name in ("delta", "accountant")],
         ("insecure_reproducible_noise", nodp, "--nodp adds no noise"),
         ("noise", FLAGS.target_epsilon is not None, "--target_epsilon calibrates the noise multiplier"),
@@ -268,8 +274,8 @@ def config_from_flags():
         dp=DPConfig(enabled=FLAGS.dp, l2_clip=FLAGS.l2_clip, noise_multiplier=FLAGS.noise, path=FLAGS.dp_path,
                     clipping=FLAGS.clipping, auto_gamma=FLAGS.auto_gamma, target_quantile=FLAGS.target_quantile,
                     quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise,
-                    clip_bias_cosine=FLAGS.clip_bias_cosine),
-        attack=attack, adv_weight=FLAGS.adv_weight)
+                    clip_bias_cosine=FLAGS.clip_bias_cosine, chunk_rows=FLAGS.dp_chunk_rows),
+        attack=attack, adv_weight=FLAGS.adv_weight, jit_compile=FLAGS.jit_compile)
     return training.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
         data=data_config(),

@@ -9,6 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import tensorflow as tf
 
 from tfdprobust import clipping, graph
+from tfdprobust.errors import require
 from tfdprobust.per_example.factors import Piece, _split_copies, _zero_dropped
 from tfdprobust.per_example.norms import _norm_of
 from tfdprobust.per_example.registry import LayerRule, rule_for
@@ -237,7 +238,7 @@ def squared_norms(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, wei
 
 def clipped_sum(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor,
                 bound, copies: int = 1, clipping_name: str = "flat", gamma: float = 0.01,
-                method: str = "auto", unclipped: bool = False) -> ClippedSum:
+                method: str = "auto", unclipped: bool = False, chunk_rows: Optional[int] = None) -> ClippedSum:
     """The clipped gradient sum by book-keeping: one forward pass, one backward pass to the
     pre-activations, per-layer norms (ghost or materialized, by cost), then the sum of the
     clipped gradients from one weight-gradient op (or one weighted row sum) per layer.
@@ -248,7 +249,18 @@ def clipped_sum(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weigh
         clipping_name: a :data:`tfdprobust.clipping.CLIPPINGS` strategy.
         gamma: automatic clipping's stabilizer.
         unclipped: also return the plain gradient sum (the clipping diagnostics' cosine).
+        chunk_rows: at most this many rows (``copies`` per example) per pass: a larger batch
+            runs in chunks of whole examples, one after the other, and their sums are added.
+            Exact: an example's clip factor depends on its own gradient alone, and chunks share
+            no example. It bounds the memory of the activations, output gradients and
+            per-example gradients held at once; ``None``: one pass.
     """
+    if chunk_rows is not None:
+        require(chunk_rows >= copies, f"chunk_rows must be >= copies={copies}, got {chunk_rows}")
+        static_rows = inputs.shape[0]
+        if static_rows is None or static_rows > chunk_rows:
+            return _chunked_clipped_sum(net, inputs, labels, weights, bound, copies, clipping_name, gamma, method,
+                                        unclipped, max(chunk_rows // copies, 1))
     inputs, labels, weights, rows = stand_in_if_empty(inputs, labels, weights, copies)
     book = _Book(net, inputs, labels, weights, copies, method, sums=2 if unclipped else 1)
     scales, norms = clipping.clip_factors([e.squared for e in book.entries], bound, clipping_name, gamma)
@@ -259,6 +271,54 @@ def clipped_sum(net: tf.keras.Model, inputs: tf.Tensor, labels: tf.Tensor, weigh
     # logits (which adaptive clipping and the metrics count) are cut off.
     return ClippedSum(sums[0], norms[:rows // copies], book.logits[:rows], sums[1] if unclipped else None,
                       book.methods)
+
+
+def _chunked_clipped_sum(net, inputs, labels, weights, bound, copies, clipping_name, gamma, method, unclipped,
+                         chunk: int) -> ClippedSum:
+    """:func:`clipped_sum` over chunks of ``chunk`` examples (a ``tf.while_loop``, so a batch of
+    unknown size is traced once and one chunk's tensors are alive at a time)."""
+    examples = tf.shape(inputs)[0] // copies
+
+    def per_copy(t):  # [copies * B, ...] -> [copies, B, ...]
+        return tf.reshape(t, tf.concat([[copies, examples], tf.shape(t)[1:]], 0))
+
+    def rows_of(t, start, stop):  # the chunk's rows, still copy-major: rows i, n + i, ...
+        part = t[:, start:stop]
+        return tf.reshape(part, tf.concat([[-1], tf.shape(t)[2:]], 0))
+
+    grouped = [per_copy(t) for t in (inputs, labels, weights)]
+    for g, t in zip(grouped, (inputs, labels, weights)):
+        g.set_shape([copies, None, *t.shape[1:]])
+    variables = net.trainable_variables
+    classes = net.output_shape[-1]
+    chunks = (examples + chunk - 1) // chunk
+    recorded: Dict[str, Dict[str, str]] = {}
+
+    def body(k, clipped_acc, unclipped_acc, norms_ta, logits_ta):
+        start = k * chunk
+        stop = tf.minimum(start + chunk, examples)
+        x, y, w = (rows_of(g, start, stop) for g in grouped)
+        x.set_shape([None, *inputs.shape[1:]])
+        out = clipped_sum(net, x, y, w, bound, copies, clipping_name, gamma, method, unclipped)
+        recorded["methods"] = out.methods
+        clipped_acc = [a + c for a, c in zip(clipped_acc, out.clipped)]
+        if unclipped:
+            unclipped_acc = [a + c for a, c in zip(unclipped_acc, out.unclipped)]
+        logits = tf.transpose(tf.reshape(out.logits, [copies, -1, classes]), [1, 0, 2])  # [n, copies, C]
+        return k + 1, clipped_acc, unclipped_acc, norms_ta.write(k, out.norms), logits_ta.write(k, logits)
+
+    zeros = [tf.zeros_like(v) for v in variables]
+    dtype = variables[0].dtype
+    _, clipped_acc, unclipped_acc, norms_ta, logits_ta = tf.while_loop(
+        lambda k, *_: k < chunks, body,
+        (tf.constant(0), zeros, list(zeros), tf.TensorArray(dtype, size=chunks, infer_shape=False),
+         tf.TensorArray(dtype, size=chunks, infer_shape=False, element_shape=tf.TensorShape([None, copies, classes]))),
+        parallel_iterations=1)  # one chunk at a time: the point is the memory
+    norms = tf.cond(chunks > 0, norms_ta.concat, lambda: tf.zeros([0], dtype))
+    logits = tf.cond(chunks > 0, logits_ta.concat, lambda: tf.zeros([0, copies, classes], logits_ta.dtype))
+    logits = tf.reshape(tf.transpose(logits, [1, 0, 2]), [-1, classes])
+    norms.set_shape([None])
+    return ClippedSum(clipped_acc, norms, logits, unclipped_acc if unclipped else None, recorded.get("methods", {}))
 
 
 def per_example_gradients(

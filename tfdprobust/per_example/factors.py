@@ -45,6 +45,15 @@ class Factors:
         scale 0 must have finite factors (see :meth:`masked`)."""
         raise NotImplementedError
 
+    def geometry(self) -> str:
+        """What decides the cost of this factor form's two norm methods, as a cache key."""
+        raise NotImplementedError
+
+    def synthetic(self, rows: int, rng) -> "Factors":
+        """Factors of the same kind and per-example shapes over ``rows`` rows of random numbers
+        (for :mod:`~tfdprobust.per_example.calibration`; no data of the caller's)."""
+        raise NotImplementedError
+
 
 class DenseFactors(Factors):
     """``A`` ``[rows, T, d]`` and ``G`` ``[rows, T, p]`` given explicitly."""
@@ -52,6 +61,17 @@ class DenseFactors(Factors):
     def __init__(self, activations: tf.Tensor, output_grads: tf.Tensor):
         self.activations, self.output_grads = activations, output_grads
         self.dims = (activations.shape[1], activations.shape[2], output_grads.shape[2])
+
+    @property
+    def dtype(self):
+        return self.activations.dtype
+
+    def geometry(self):
+        return f"dense:{self.dims}:{self.dtype.name}"
+
+    def synthetic(self, rows, rng):
+        t, d, p = self.dims
+        return DenseFactors(_random(rng, (rows, t, d), self.dtype), _random(rng, (rows, t, p), self.dtype))
 
     def split(self, copies):
         return [DenseFactors(a, g) for a, g in zip(_split_copies(self.activations, copies),
@@ -92,6 +112,19 @@ class ConvFactors(Factors):
         out_h, out_w = dz.shape[1], dz.shape[2]
         positions = out_h * out_w if out_h is not None and out_w is not None else None
         self.dims = (positions, kh * kw * a.shape[-1], dz.shape[-1])
+
+    @property
+    def dtype(self):
+        return self.a.dtype
+
+    def geometry(self):
+        return (f"conv:{self.a.shape[1:]}:{self.dz.shape[1:]}:{self.kernel_size}:{self.strides}:"
+                f"{self.dilation_rate}:{self.padding}:{self.dtype.name}")
+
+    def synthetic(self, rows, rng):
+        return ConvFactors(_random(rng, (rows, *self.a.shape[1:]), self.dtype),
+                           _random(rng, (rows, *self.dz.shape[1:]), self.dtype),
+                           self.kernel_size, self.strides, self.dilation_rate, self.padding)
 
     def split(self, copies):
         return [ConvFactors(a, dz, self.kernel_size, self.strides, self.dilation_rate, self.padding)
@@ -142,12 +175,27 @@ class ConvFactors(Factors):
 
     def blocks(self):
         g = self._g()
-        channels = self.a.shape[-1]
-        if channels < 8:  # few channels: one batched matmul on the stacked offsets
+        if self.unfolds():  # one batched matmul on the stacked offsets
             return [tf.matmul(self._unfolded_t(), g)]
         # one batched matmul per kernel offset, [C_in x T] x [T x p] per example
         positions = self.dims[0] if self.dims[0] is not None else -1
-        return [tf.matmul(tf.reshape(o, [-1, channels, positions]), g) for o in self._offsets()]
+        return [tf.matmul(tf.reshape(o, [-1, self.a.shape[-1], positions]), g) for o in self._offsets()]
+
+    def unfolds(self) -> bool:
+        """Whether :meth:`blocks` writes out the unfolded patches ``A^T`` (``T d`` floats per
+        example) for one batched matmul, rather than one small matmul per kernel offset.
+
+        Unfolding pays when the per-offset matmuls are tiny: few channels (< 8), or few
+        positions and channels (``T <= 64``, ``C_in <= 32``: LeNet's second convolution, 64
+        positions x 20 channels, took 31 against 42 ms at B = 250; the CNN's second, 7.5
+        against 8.8). Not for many positions (ResNet-20's first stage, 784 x 16: 135 against
+        60 ms) nor many channels (its last, 49 x 64: 62 against 31 ms). Measured one thread,
+        CPU time, on a 2-core AMD EPYC with AVX2 and with oneDNN limited to AVX (the same
+        ordering; these batched matmuls are Eigen's), recorded in
+        ``experiments/benchmarks/profile_s10.md``.
+        """
+        channels, positions = self.a.shape[-1], self.dims[0]
+        return channels < 8 or (positions is not None and positions <= 64 and channels <= 32)
 
     def weighted_sums(self, scales):
         # The n weightings of dz side by side as output channels: the filter gradient of
@@ -177,6 +225,10 @@ def _positions(t: tf.Tensor) -> tf.Tensor:
     middle = t.shape[1:-1]
     positions = math.prod(middle) if all(m is not None for m in middle) else -1
     return tf.reshape(t, [tf.shape(t)[0], positions, t.shape[-1]])
+
+
+def _random(rng, shape, dtype) -> tf.Tensor:
+    return tf.constant(rng.standard_normal(shape), dtype)
 
 
 def _rows(piece: Piece, weight) -> tf.Tensor:

@@ -1,12 +1,13 @@
 """One weight's per-example squared norm over its uses and an example's copies: ghost (Gram
-matrices) or materialized, by :mod:`~tfdprobust.per_example.costs`."""
+matrices) or materialized, by the rule of :mod:`~tfdprobust.per_example.calibration` (the cost
+model of :mod:`~tfdprobust.per_example.costs`, and a probe where it is not decisive)."""
 
 import math
 from typing import List
 
 import tensorflow as tf
 
-from tfdprobust.per_example.costs import choose_method
+from tfdprobust.per_example import calibration
 from tfdprobust.per_example.factors import Factors, Piece, _split_copies
 
 
@@ -42,7 +43,7 @@ def _norm_of(pieces: List[Piece], copies: int, method: str, sums: int):
         parts = [part for f in pieces for part in f.split(copies)]
         positions = sum(f.dims[0] for f in parts) if all(f.dims[0] is not None for f in parts) else None
         _, d, p = parts[0].dims
-        chosen = choose_method(positions, d, p, sums) if method == "auto" else method
+        chosen = calibration.choose(parts, positions, d, p, sums) if method == "auto" else method
         if chosen == "ghost":
             return _ghost_squared_norm(parts), "ghost", None
         blocks = [tf.add_n(list(same)) for same in zip(*[f.blocks() for f in parts])]
