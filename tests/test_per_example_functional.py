@@ -42,7 +42,10 @@ def _assert_fast_equals_reference(net, x, y, w):
     assert len(fast) == len(ref) == len(net.trainable_variables)
     for f, r, v in zip(fast, ref, net.trainable_variables):
         assert f.shape == (len(x), *v.shape)
-        np.testing.assert_allclose(f.numpy(), r, rtol=0, atol=1e-5, err_msg=v.name)
+        # float32 rounding grows with the gradient's size (the raw scattering features of
+        # scatternet_linear give entries near 10): the tolerance scales with the largest entry.
+        scale = max(1.0, float(np.abs(r).max()))
+        np.testing.assert_allclose(f.numpy(), r, rtol=0, atol=1e-5 * scale, err_msg=v.name)
     return fast
 
 
