@@ -11,6 +11,7 @@ from tfdprobust.per_example import driver
 from tfdprobust.models import ModelConfig, build_model
 from tfdprobust.normalization import PublicBatchNormalization, update_public_statistics
 from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig
+from per_example_util import per_example_reference
 
 L = tf.keras.layers
 FORCED = ("ghost", "materialized", "auto")
@@ -39,20 +40,6 @@ def _rows(n, copies, shape, seed, dtype):
     return tf.constant(x), tf.constant(y), tf.constant(w)
 
 
-def _reference(net, x, y, w, copies):
-    """Each example's whole gradient (its rows' weighted losses summed), one tape per example."""
-    n = len(x) // copies
-    out = []
-    for i in range(n):
-        rows = [i + k * n for k in range(copies)]
-        with tf.GradientTape() as tape:
-            logits = net(tf.gather(x, rows), training=False)
-            loss = tf.reduce_sum(tf.gather(w, rows) * tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.gather(y, rows), logits=logits))
-        out.append([tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, net.trainable_variables)])
-    return [np.stack([g[k] for g in out]) for k in range(len(net.trainable_variables))]
-
-
 def _clipped_reference(grads, bound):
     norms = np.sqrt(sum((g.reshape(len(g), -1) ** 2).sum(1) for g in grads))
     scale = np.minimum(1.0, bound / np.maximum(norms, 1e-12))
@@ -61,7 +48,7 @@ def _clipped_reference(grads, bound):
 
 def _check(net, x, y, w, copies, rtol=1e-5, compiled=False):
     """Norms and clipped sums of every method equal the reference; returns the auto methods."""
-    ref = _reference(net, x, y, w, copies)
+    ref = per_example_reference(net, x, y, w, copies)
     ref_squared = [(g.reshape(len(g), -1) ** 2).sum(1) for g in ref]
     bound = float(np.median(np.sqrt(sum(ref_squared))))  # about half the examples are clipped
     ref_sum, ref_norms = _clipped_reference(ref, bound)
@@ -464,7 +451,7 @@ def test_each_layer_norm_is_computed_before_the_backward_pass_goes_below_it(floa
         norms_first = [entry[id(v)].squared.op in waits_for for v in layer.trainable_weights]
         assert all(norms_first) == (layer is not shared), (names[k], norms_first)
     # the values are unchanged: the reference test covers them (test_shared_layers_...)
-    ref = _reference(net, x, y, w, 2)
+    ref = per_example_reference(net, x, y, w, 2)
     got, _, _ = per_example.squared_norms(net, x, y, w, copies=2)
     np.testing.assert_allclose(got, [(g.reshape(len(g), -1) ** 2).sum(1) for g in ref], rtol=1e-8)
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfdprobust import per_example
 from tfdprobust.per_example import calibration, factors
 from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig
+from per_example_util import per_example_reference
 
 L = tf.keras.layers
 
@@ -139,19 +140,6 @@ def test_both_materialized_layouts_write_the_same_per_example_gradient(monkeypat
         np.testing.assert_allclose(out[0][i], tf.reshape(g, [-1, 6]).numpy(), rtol=1e-10)
 
 
-def _reference_squared(net, x, y, w, copies):
-    n = len(x) // copies
-    out = []
-    for i in range(n):
-        rows = [i + k * n for k in range(copies)]
-        with tf.GradientTape() as tape:
-            logits = net(tf.gather(x, rows), training=False)
-            loss = tf.reduce_sum(tf.gather(w, rows) * tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.gather(y, rows), logits=logits))
-        out.append([float(tf.reduce_sum(tf.square(g))) for g in tape.gradient(loss, net.trainable_variables)])
-    return np.array(out).T
-
-
 @pytest.mark.parametrize("faster", ["ghost", "materialized"])
 def test_the_model_records_each_layer_s_choice_and_both_give_the_tape_s_norms(cache, monkeypatch, faster):
     """An undecided convolution goes the measured way, decisive layers the cost model's way;
@@ -170,7 +158,8 @@ def test_the_model_records_each_layer_s_choice_and_both_give_the_tape_s_norms(ca
     assert methods[conv_kernel.name] == faster and len(calls) == 1
     dense_costs = per_example.norm_costs(2, 9 * 32, 3)
     assert methods[dense_kernel.name] == min(dense_costs, key=dense_costs.get)
-    reference = _reference_squared(net, x, y, w, copies=2)
+    reference = np.array([[float(np.sum(np.square(g[i]))) for i in range(len(g))]
+                          for g in per_example_reference(net, x, y, w, copies=2)])
     for s, r in zip(squared, reference):
         np.testing.assert_allclose(s.numpy(), r, rtol=1e-4)
 
