@@ -641,7 +641,7 @@ ENTRY_POINTS = ["tfdprobust.experiments.mnist", "tfdprobust.tune", "tfdprobust.e
                 "tfdprobust.experiments.private_robust", "tfdprobust.experiments.linear_gaussian",
                 "tfdprobust.experiments.benchmark_training", "tfdprobust.experiments.benchmark_evaluate",
                 "tfdprobust.experiments.compare_autoattack", "tfdprobust.experiments.train_foreign_cnn",
-                "benchmarks.benchmark_peers", "benchmarks.profile_step",
+                "benchmarks.benchmark_peers", "benchmarks.profile_step", "benchmarks.compare_stacks",
                 "tfdprobust.experiments.time_refusals", "tfdprobust.experiments.eps_table"]
 
 _HELP_PROBE = """

@@ -1,4 +1,4 @@
-"""benchmarks.compare_stacks: the stacks are checked before anything runs, and the report's
+"""benchmarks.stacks (and its CLI, benchmarks.compare_stacks): the stacks are checked before anything runs, and the report's
 ratios are the medians' and every round's."""
 
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tfdprobust.errors import UsageError
-from benchmarks import compare_stacks
+from benchmarks import stacks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ])
 def test_bad_stacks_name_the_flag(values, needle):
     with pytest.raises(UsageError, match=needle):
-        compare_stacks.parse_stacks(values)
+        stacks.parse_stacks(values)
 
 
 def _row(stack, framework, round_, figure):
@@ -35,7 +35,7 @@ def test_report_gives_the_ratio_of_the_median_rounds_and_each_rounds_ratio():
                _row("ref", "ours_nondp", 2, 150.0), _row("ref", "ours_dp", 2, 60.0),
                _row("cur", "ours_nondp", 0, 100.0), {**_row("cur", "ours_dp", 0, 0.0), "error": "boom"}]
     del results[-1]["examples_per_cpu_second"]
-    text = compare_stacks.report(results, [("ref", "/p", "reference stack"), ("cur", "/q", "current stack")],
+    text = stacks.report(results, [("ref", "/p", "reference stack"), ("cur", "/q", "current stack")],
                                  "cmd", "machine")
     # medians: non-DP 150, DP 90 -> 0.60x; rounds 0.90, 0.60, 0.40.
     assert "| cnn | 250 | none | 150 | 90 | **0.60x** | 100 | failed | n/a |" in text

@@ -1,40 +1,49 @@
-"""The machine and commit a figure came from, as every benchmark and timing records them.
+"""The machine and commit a figure came from, as every benchmark, timing and cache records them.
 
-A speed figure means nothing without its machine: the CPU model, whether it has AVX2
-(TensorFlow's oneDNN kernels are picked by the CPU's instruction set at run time, and
-the DP/non-DP ratio moved from 0.4x to 1.0x between two 2-core AMD EPYCs that differ in
-it), the cores, the load while it ran, and the commit. No TensorFlow import.
+A speed figure means nothing without its machine: the CPU model, its vector instruction
+sets (TensorFlow's oneDNN kernels are picked by them at run time, and the DP/non-DP ratio
+moved from 0.4x to 1.0x between two 2-core AMD EPYCs that differ in AVX2), the cores, the
+load while it ran, and the commit. No TensorFlow import.
 """
 
 import datetime
 import os
 import platform
 import subprocess
+from typing import Any, Dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+#: The instruction sets the reports name (yes/no each).
+ISAS = ("avx", "avx2", "fma", "avx512f")
 
-def cpu() -> dict:
-    """``{"model": ..., "avx2": "yes"|"no"|"unknown", "cores": n}`` from /proc/cpuinfo."""
-    model, avx2 = platform.processor() or "unknown", "unknown"
+
+def cpu() -> Dict[str, Any]:
+    """``{"model", "flags" (sorted list), "cores", "avx", "avx2", "fma", "avx512f"}`` from the first
+    CPU of /proc/cpuinfo (``platform`` where there is none)."""
+    info: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            info = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                     model)
-        flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-        avx2 = "yes" if "avx2" in flags else "no"
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first CPU's
     except OSError:
         pass
-    return {"model": model, "avx2": avx2, "cores": os.cpu_count()}
+    flags = sorted(set(info.get("flags", "").split()))
+    model = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    return {"model": model, "flags": flags, "cores": os.cpu_count(), **{isa: isa in flags for isa in ISAS}}
 
 
-def commit() -> str:
-    """The checkout's short commit (``unknown`` outside a git checkout)."""
+def commit(short: bool = True, mark_dirty: bool = False) -> str:
+    """The checkout's commit (``"unknown"`` outside a git checkout); with ``mark_dirty``,
+    `` (with uncommitted changes)`` when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=30)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", *(["--short"] if short else []), "HEAD"],
+                              capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        if mark_dirty and subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                                         capture_output=True, text=True, timeout=30, check=True).stdout.strip():
+            head += " (with uncommitted changes)"
+        return head or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -43,5 +52,5 @@ def describe() -> str:
     """One line: CPU model, AVX2, cores, load average, commit and time."""
     c = cpu()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"{c['model']}, AVX2 {c['avx2']}, {c['cores']} cores, load average {load} (1, 5, 15 min), "
-            f"commit {commit()}, {datetime.datetime.now().isoformat(timespec='seconds')}")
+    return (f"{c['model']}, AVX2 {'yes' if c['avx2'] else 'no'}, {c['cores']} cores, load average {load} "
+            f"(1, 5, 15 min), commit {commit()}, {datetime.datetime.now().isoformat(timespec='seconds')}")

@@ -43,36 +43,21 @@ def grid(frameworks: Sequence[str], models: Sequence[str], batch_sizes: Sequence
 
 
 def machine() -> Dict:
-    """What the figures depend on besides the code: the CPU (as ``lscpu`` names it: model and the
-    vector instruction sets), its cores, oneDNN's ISA limit if one is set (an emulation of an older
-    CPU's oneDNN kernels, not that CPU), the TensorFlow version and the commit measured."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
-        commit = os.environ.get("TFDPROBUST_BENCH_COMMIT", "unknown (not a git checkout)")
+    """What the figures depend on besides the code: the CPU (model and the vector instruction
+    sets), its cores, oneDNN's ISA limit if one is set (an emulation of an older CPU's oneDNN
+    kernels, not that CPU), the TensorFlow version and the commit measured."""
+    from tfdprobust import machine as machine_lib
+
     try:
         import importlib.metadata
 
         tf_version = importlib.metadata.version("tensorflow")
     except Exception:  # noqa: BLE001  (any failure: the version is only reported)
         tf_version = "unknown"
-    return {"cpu": info.get("model name", "unknown"), "cores": os.cpu_count(),
-            **{isa: isa in flags for isa in ("avx", "avx2", "fma", "avx512f")},
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "tensorflow": tf_version, "commit": commit}
+    cpu = machine_lib.cpu()
+    return {"cpu": cpu["model"], "cores": cpu["cores"], **{isa: cpu[isa] for isa in machine_lib.ISAS},
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "tensorflow": tf_version,
+            "commit": machine_lib.commit(mark_dirty=True)}
 
 
 def describe_machine(m: Dict) -> str:

@@ -50,39 +50,43 @@ FLAGS = flags.FLAGS
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 
-flags.DEFINE_string("out", "experiments/eps_table", "Output folder (cells/, models/, eval/, logs/, table.md, plot).")
-flags.DEFINE_string("dataset", "fashion_mnist", "Private data set: fashion_mnist (full size) or mnist (offline "
-                    "miniature).")
-flags.DEFINE_string("data_dir", None, "Comma-separated folders with the raw files of the private data set and of "
-                    f"the public ones (default: {FASHION_DIR} and ../shared/data).")
-flags.DEFINE_list("methods", ["dpsgd", "dpsgd_pgd", "pretrain_finetune"], "Methods to run now (see METHODS).")
-flags.DEFINE_list("epsilons", ["1", "3", "8"], "Target epsilons (delta --delta).")
-flags.DEFINE_boolean("nodp_reference", True, "Also train each method without DP (the non-DP reference).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization, data roles, public choices; never DP noise).")
-flags.DEFINE_integer("epochs", 3, "DP training epochs.")
-flags.DEFINE_integer("nodp_epochs", None, "Epochs of the non-DP reference (default --epochs).")
-flags.DEFINE_integer("batch_size", 1000, "Expected batch size.")
-flags.DEFINE_float("learning_rate", 4.0, "DP-SGD learning rate (C = --l2_clip); the non-DP reference uses 0.1.")
-flags.DEFINE_float("l2_clip", 1.0, "Clipping norm C.")
-flags.DEFINE_float("delta", 1e-5, "delta of every epsilon.")
-flags.DEFINE_integer("max_train", 0, "Size reduction: about this many private training examples (0 = all).")
-flags.DEFINE_integer("max_test", 0, "Size reduction: test images for the clean accuracy (0 = all).")
-flags.DEFINE_integer("train_attack_steps", 10, "PGD steps of the adversarial training (dpsgd_pgd).")
-flags.DEFINE_float("train_eps", 0.1, "l_inf radius of the PGD adversarial training.")
-flags.DEFINE_string("pretrain_source", "kmnist", "Public pre-training source of pretrain_finetune "
-                    "(tfdprobust.pretrain.SOURCES; never the private --dataset).")
-flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of the public pre-training.")
-flags.DEFINE_string("freeze", "none", "Layers pretrain_finetune keeps frozen under DP (see --freeze of "
-                    "the training CLI).")
-flags.DEFINE_integer("eval_examples", 200, "Size reduction: test images attacked by the standard ensemble.")
-flags.DEFINE_integer("check_examples", 20, "Images re-attacked by the gradient-masking checks.")
-flags.DEFINE_integer("square_queries", 300, "Queries of the black-box masking check.")
-flags.DEFINE_float("eps_linf", 0.1, "l_inf radius of the robust accuracy.")
-flags.DEFINE_float("eps_l2", 1.5, "l2 radius of the robust accuracy.")
-flags.DEFINE_string("ledger_dir", None, "The privacy ledger store passed to every training run (default: the "
-                    "user-level one).")
-flags.DEFINE_boolean("report_only", False, "Only rewrite table.md and the plot from the cells found.")
-flags.DEFINE_integer("verbose", 1, "0: quiet; 1: one line per cell.")
+def define_flags() -> None:
+    """The command line's flags. Defined only when this module runs as a program: absl has one
+    global flag namespace, and the table's helpers (:func:`summarize`, :func:`t_interval`) are
+    imported beside the training CLI, whose --dataset, --data_dir and --epochs it shares."""
+    flags.DEFINE_string("out", "experiments/eps_table", "Output folder (cells/, models/, eval/, logs/, table.md, plot).")
+    flags.DEFINE_string("dataset", "fashion_mnist", "Private data set: fashion_mnist (full size) or mnist (offline "
+                        "miniature).")
+    flags.DEFINE_string("data_dir", None, "Comma-separated folders with the raw files of the private data set and of "
+                        f"the public ones (default: {FASHION_DIR} and ../shared/data).")
+    flags.DEFINE_list("methods", ["dpsgd", "dpsgd_pgd", "pretrain_finetune"], "Methods to run now (see METHODS).")
+    flags.DEFINE_list("epsilons", ["1", "3", "8"], "Target epsilons (delta --delta).")
+    flags.DEFINE_boolean("nodp_reference", True, "Also train each method without DP (the non-DP reference).")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization, data roles, public choices; never DP noise).")
+    flags.DEFINE_integer("epochs", 3, "DP training epochs.")
+    flags.DEFINE_integer("nodp_epochs", None, "Epochs of the non-DP reference (default --epochs).")
+    flags.DEFINE_integer("batch_size", 1000, "Expected batch size.")
+    flags.DEFINE_float("learning_rate", 4.0, "DP-SGD learning rate (C = --l2_clip); the non-DP reference uses 0.1.")
+    flags.DEFINE_float("l2_clip", 1.0, "Clipping norm C.")
+    flags.DEFINE_float("delta", 1e-5, "delta of every epsilon.")
+    flags.DEFINE_integer("max_train", 0, "Size reduction: about this many private training examples (0 = all).")
+    flags.DEFINE_integer("max_test", 0, "Size reduction: test images for the clean accuracy (0 = all).")
+    flags.DEFINE_integer("train_attack_steps", 10, "PGD steps of the adversarial training (dpsgd_pgd).")
+    flags.DEFINE_float("train_eps", 0.1, "l_inf radius of the PGD adversarial training.")
+    flags.DEFINE_string("pretrain_source", "kmnist", "Public pre-training source of pretrain_finetune "
+                        "(tfdprobust.pretrain.SOURCES; never the private --dataset).")
+    flags.DEFINE_integer("pretrain_epochs", 5, "Epochs of the public pre-training.")
+    flags.DEFINE_string("freeze", "none", "Layers pretrain_finetune keeps frozen under DP (see --freeze of "
+                        "the training CLI).")
+    flags.DEFINE_integer("eval_examples", 200, "Size reduction: test images attacked by the standard ensemble.")
+    flags.DEFINE_integer("check_examples", 20, "Images re-attacked by the gradient-masking checks.")
+    flags.DEFINE_integer("square_queries", 300, "Queries of the black-box masking check.")
+    flags.DEFINE_float("eps_linf", 0.1, "l_inf radius of the robust accuracy.")
+    flags.DEFINE_float("eps_l2", 1.5, "l2 radius of the robust accuracy.")
+    flags.DEFINE_string("ledger_dir", None, "The privacy ledger store passed to every training run (default: the "
+                        "user-level one).")
+    flags.DEFINE_boolean("report_only", False, "Only rewrite table.md and the plot from the cells found.")
+    flags.DEFINE_integer("verbose", 1, "0: quiet; 1: one line per cell.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,19 +207,11 @@ def _at(block: Dict[str, Any], eps: float) -> Tuple[Optional[float], Optional[Li
 
 def machine() -> Dict[str, Any]:
     """CPU model, cores, load average and the code's commit: what a wall time was measured on."""
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()],
-            "commit": commit or None}
+    from tfdprobust import machine as machine_lib
+
+    commit = machine_lib.commit(short=False)
+    return {"cpu": machine_lib.cpu()["model"], "cores": os.cpu_count(),
+            "load_average": [round(v, 2) for v in os.getloadavg()], "commit": None if commit == "unknown" else commit}
 
 
 def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=print) -> Dict[str, Any]:
@@ -485,4 +481,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -31,7 +31,6 @@ runs that must choose identically on every machine.
 import hashlib
 import json
 import os
-import platform
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional
@@ -60,16 +59,10 @@ def probing_enabled() -> bool:
 
 def machine_key() -> str:
     """CPU model, instruction-set flags, TensorFlow version and the oneDNN environment."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                info.setdefault(name.strip(), value.strip())  # the first CPU's
-    except OSError:
-        pass
-    model = info.get("model name") or platform.processor() or platform.machine()
-    flags = " ".join(sorted(info.get("flags", "").split()))
+    from tfdprobust import machine
+
+    cpu = machine.cpu()
+    model, flags = cpu["model"], " ".join(cpu["flags"])
     env = ",".join(f"{k}={os.environ.get(k, '')}" for k in _ENV_KEYS)
     text = f"{model}|{flags}|tf {tf.__version__}|{env}"
     return f"{model} / tf {tf.__version__} / {hashlib.sha256(text.encode()).hexdigest()[:16]}"
