@@ -62,7 +62,8 @@ def define_flags() -> None:
     flags.DEFINE_list("methods", ["dpsgd", "dpsgd_pgd", "pretrain_finetune"], "Methods to run now (see METHODS).")
     flags.DEFINE_list("epsilons", ["1", "3", "8"], "Target epsilons (delta --delta).")
     flags.DEFINE_boolean("nodp_reference", True, "Also train each method without DP (the non-DP reference).")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (initialization, data roles, public choices; never DP noise).")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (model initialization and public choices; never the DP "
+                      "noise, the batch sampling or the private data roles, which come from OS entropy).")
     flags.DEFINE_integer("epochs", 3, "DP training epochs.")
     flags.DEFINE_integer("nodp_epochs", None, "Epochs of the non-DP reference (default --epochs).")
     flags.DEFINE_integer("batch_size", 1000, "Expected batch size.")
