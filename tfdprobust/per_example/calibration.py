@@ -153,12 +153,12 @@ def layer_key(parts, sums: int) -> str:
 
 def choose(parts: List, positions: Optional[int], d: int, p: int, sums: int) -> str:
     """``ghost`` or ``materialized`` for one weight by the rule in the module docstring."""
-    from tfdprobust.per_example.costs import norm_costs
+    from tfdprobust.per_example.costs import choose_method, norm_costs
 
+    cheaper = choose_method(positions, d, p, sums)  # the cost model's pick (materialized for unknown T)
     if positions is None:
-        return "materialized"
+        return cheaper
     costs = norm_costs(positions, d, p, sums)
-    cheaper = min(costs, key=costs.get)
     ratio = max(costs.values()) / max(min(costs.values()), 1)
     if ratio >= DECISIVE or not probing_enabled() or not all(hasattr(f, "synthetic") for f in parts):
         return cheaper
