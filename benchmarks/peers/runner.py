@@ -226,6 +226,12 @@ def _headline(by_key: Dict, model: str, batch: str, attack: str) -> List[str]:
            f"vs DPKerasSGDOptimizer: {_ratio(ours, get('tfp_dpkeras'))}",
            f"- extra memory, ours DP vs our non-DP step: {get('ours_dp', 'extra_memory_mb') or 0:,.0f} vs "
            f"{get('ours_nondp', 'extra_memory_mb') or 0:,.0f} MB"]
+    if get("ours_dp_chunked"):
+        out += [f"- ours DP with --dp_chunk_rows={peers.CHUNK_ROWS} vs our non-DP step: "
+                f"{_ratio(get('ours_dp_chunked'), get('ours_nondp'))}",
+                f"- extra memory, ours DP with --dp_chunk_rows={peers.CHUNK_ROWS} vs our non-DP step: "
+                f"{get('ours_dp_chunked', 'extra_memory_mb') or 0:,.0f} vs "
+                f"{get('ours_nondp', 'extra_memory_mb') or 0:,.0f} MB"]
     if attack == "clean" and get("keras_fit"):
         out.append(f"- ours DP vs plain Keras fit (non-DP): {_ratio(ours, get('keras_fit'))}")
     return out

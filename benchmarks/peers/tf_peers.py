@@ -1,6 +1,6 @@
 """TensorFlow entries: Keras fit, our train step without and with DP, and tensorflow-privacy."""
 
-from typing import Dict
+from typing import Dict, Optional
 
 from benchmarks import peers
 from benchmarks.peers import common
@@ -48,25 +48,31 @@ def _fit_step(model, x, y):
     return step
 
 
-def our_model(model: str, batch_size: int, pgd: bool, dp: bool, path: str = "vectorized"):
-    """Our compiled train step on ``model`` with the benchmark's DP-SGD and PGD settings."""
+def our_model(model: str, batch_size: int, pgd: bool, dp: bool, path: str = "vectorized",
+              chunk_rows: Optional[int] = None):
+    """Our compiled train step on ``model`` with the benchmark's DP-SGD and PGD settings.
+
+    ``chunk_rows`` is ``DPConfig.chunk_rows`` (``--dp_chunk_rows``): the exact clipped sum
+    over chunks of whole examples, which bounds the DP step's extra memory.
+    """
     from tfdprobust import train_step
 
     cfg = train_step.TrainConfig(
         learning_rate=peers.LEARNING_RATE, expected_batch_size=batch_size,
         attack=_attack() if pgd else None, adv_weight=0.5,
-        dp=train_step.DPConfig(enabled=dp, path=path, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE))
+        dp=train_step.DPConfig(enabled=dp, path=path, l2_clip=peers.L2_CLIP, noise_multiplier=peers.NOISE,
+                                chunk_rows=chunk_rows))
     out = train_step.PrivateRobustModel(_net(model), cfg)
     out.compile()
     return out
 
 
-def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized") -> Dict:
+def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized", chunk_rows: Optional[int] = None) -> Dict:
     tf = _tf()
     from tfdprobust import models, train_step
 
     x, y = common.batch(spec.batch_size)
-    model = our_model(spec.model, spec.batch_size, spec.pgd, dp, path)
+    model = our_model(spec.model, spec.batch_size, spec.pgd, dp, path, chunk_rows)
     net = model.net
     if not dp:
         label = "tfdprobust train step, DP off"
@@ -75,6 +81,8 @@ def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized") -> Dict:
     else:
         rules = "per-layer rules" if train_step.per_example.supports(net) else "vectorized_map fallback"
         label = f"tfdprobust fast DP path ({rules})"
+        if chunk_rows:
+            label += f", --dp_chunk_rows={chunk_rows}"
     return common.timed(_fit_step(model, tf.constant(x), tf.constant(y)), spec, models.count_parameters(net),
                         path=label)
 
@@ -97,6 +105,11 @@ def ours_nondp(spec: peers.Spec) -> Dict:
 
 def ours_dp(spec: peers.Spec) -> Dict:
     return _ours(spec, dp=True)
+
+
+def ours_dp_chunked(spec: peers.Spec) -> Dict:
+    # The memory-bounded variant of ours_dp: same clipped sum, over chunks of whole examples.
+    return _ours(spec, dp=True, chunk_rows=peers.CHUNK_ROWS)
 
 
 def tfp_dpkeras(spec: peers.Spec) -> Dict:
