@@ -63,6 +63,13 @@ PGD_EPS = 0.1
 PGD_STEPS = 10
 #: --dp_chunk_rows of the ours_dp_chunked entry.
 CHUNK_ROWS = 128
+
+# The project's performance targets (docs/performance.md): our DP step against our own
+# non-DP step (a DP step costs at most one extra pass for the norms), against Opacus' faster
+# mode, and the DP step's extra memory against the non-DP step's.
+TARGET_DP_VS_NONDP = {"clean": 0.8, "pgd": 0.95}
+TARGET_VS_OPACUS = 1.0
+TARGET_EXTRA_MEMORY = 1.5
 PGD_STEP_SIZE = 2.5 * PGD_EPS / PGD_STEPS
 
 

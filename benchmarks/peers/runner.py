@@ -171,7 +171,7 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
              "tfp_dpkeras and jax_dp clip one gradient per example (clean and adversarial rows combined); "
              "Opacus and DPSequential cannot, and clip the 2B rows separately (the same computation, not the "
              "same privacy). The *path* column says what each entry actually ran.", ""]
-    lines += parameter_check(results) + [""]
+    lines += parameter_check(results) + [""] + targets(by_key, groups)
     for model, batch, attack in groups:
         lines += [f"## {model}, B = {batch}, {'PGD-10 adversarial training' if attack == 'pgd' else 'no attack'}", "",
                   "| entry | examples/CPU-s | rounds | vs own non-DP | examples/s (wall) | extra MB | peak MB | params | "
@@ -192,6 +192,50 @@ def report(results: Sequence[Dict], command, label: str, note: str = "") -> str:
                 f"{r['load_before']:.1f} | {r['path']} |")
         lines += [""] + _headline(by_key, model, batch, attack) + _per_round(every_round, model, batch, attack) + [""]
     return "\n".join(lines) + "\n"
+
+
+def targets(by_key: Dict, groups: Sequence[Tuple[str, str, str]]) -> List[str]:
+    """The project's targets (:data:`peers.TARGET_DP_VS_NONDP` and the others), one row per
+    configuration where ``ours_dp`` ran: each median ratio, and whether it meets its target.
+    A ratio whose entries did not both run reads "n/a" and meets nothing."""
+    def get(framework, key, field="examples_per_cpu_second"):
+        return by_key.get(f"{framework}:{key}", {}).get(field)
+
+    def verdict(value, target):
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}x {'met' if value >= target else '**missed**'}"
+
+    def memory(framework, key):
+        dp, base = get(framework, key, "extra_memory_mb"), get("ours_nondp", key, "extra_memory_mb")
+        if dp is None or not base:
+            return "n/a"
+        return f"{dp / base:.2f}x {'met' if dp / base <= peers.TARGET_EXTRA_MEMORY else '**missed**'}"
+
+    rows = []
+    for model, batch, attack in groups:
+        key = f"{model}:{batch}:{attack}"
+        ours, nondp = get("ours_dp", key), get("ours_nondp", key)
+        if ours is None:
+            continue
+        opacus = [v for v in (get("opacus_hooks", key), get("opacus_ghost", key)) if v]
+        chunked = get("ours_dp_chunked", key)
+        rows.append(f"| {model} | {batch} | {'PGD-10' if attack == 'pgd' else 'none'} | "
+                    f"{verdict(ours / nondp if nondp else None, peers.TARGET_DP_VS_NONDP[attack])} | "
+                    f"{verdict(ours / max(opacus) if opacus else None, peers.TARGET_VS_OPACUS)} | "
+                    f"{memory('ours_dp', key)} | "
+                    f"{verdict(chunked / nondp if chunked and nondp else None, peers.TARGET_DP_VS_NONDP[attack]) if chunked else 'n/a'} | "
+                    f"{memory('ours_dp_chunked', key) if chunked else 'n/a'} |")
+    if not rows:
+        return []
+    return ["## Targets", "",
+            f"Medians of the rounds. Targets: ours DP ≥ {peers.TARGET_DP_VS_NONDP['clean']}x our non-DP step "
+            f"(≥ {peers.TARGET_DP_VS_NONDP['pgd']}x with PGD-10), ≥ {peers.TARGET_VS_OPACUS}x Opacus' faster "
+            f"mode, DP extra memory ≤ {peers.TARGET_EXTRA_MEMORY}x the non-DP step's. *chunked* is ours DP with "
+            f"`--dp_chunk_rows={peers.CHUNK_ROWS}`.", "",
+            "| network | B | attack | DP / non-DP | DP / Opacus' best | DP extra memory / non-DP | "
+            "chunked / non-DP | chunked extra memory / non-DP |",
+            "|---|---:|---|---|---|---|---|---|", *rows, ""]
 
 
 def parameter_check(results: Sequence[Dict]) -> List[str]:
