@@ -92,3 +92,14 @@ def test_summary_says_how_to_get_the_clip_bias_cosine_when_it_was_not_computed(c
     assert "n/a" not in line
     expected = "clip-bias cosine off (--clip_bias_cosine)" if cosine is None else "clip-bias cosine 0.875"
     assert expected in line and "SNR 0.5, final C 1" in line, line
+
+
+@pytest.mark.parametrize("kwargs, dp, part", [
+    ({}, True, "-dp-sigma7.1-"),
+    ({"target_epsilon": 3.0}, True, "-dp-eps3-"),  # sigma is not known before calibration
+    ({"target_epsilon": 3.0}, False, "-nodp-"),
+])
+def test_default_run_name_names_the_privacy_setting_that_decided_sigma(kwargs, dp, part):
+    cfg = training.RunConfig(train=TrainConfig(dp=DPConfig(enabled=dp, noise_multiplier=7.1)), **kwargs)
+    name = training.default_run_name(cfg)
+    assert part in name and name.count("sigma") + name.count("eps") == (1 if dp else 0), name

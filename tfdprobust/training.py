@@ -262,8 +262,15 @@ def package_versions() -> Dict[str, str]:
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    parts = [cfg.data.dataset, cfg.model.name, cfg.model.norm,
-             f"dp-sigma{cfg.train.dp.noise_multiplier:g}" if cfg.train.dp.enabled else "nodp",
+    """``dataset-model-norm-<privacy>-<attack>-<time>-<random>``: the privacy part names the
+    target ε when σ is calibrated to one (σ is known only after calibration), else σ."""
+    if not cfg.train.dp.enabled:
+        privacy = "nodp"
+    elif cfg.target_epsilon is not None:
+        privacy = f"dp-eps{cfg.target_epsilon:g}"
+    else:
+        privacy = f"dp-sigma{cfg.train.dp.noise_multiplier:g}"
+    parts = [cfg.data.dataset, cfg.model.name, cfg.model.norm, privacy,
              cfg.train.attack.name if cfg.train.robust else "clean",
              datetime.datetime.now().strftime("%Y%m%d-%H%M%S"),
              secrets.token_hex(3)]  # two runs started in the same second must not collide
