@@ -139,7 +139,7 @@ def sampling(strategy, n: int = 400, batch: int = 100, steps: int = 200) -> dict
 
 def fit(strategy) -> dict:
     """A short DP run through :func:`tfdprobust.training.train` on the mirrored strategy."""
-    from tfdprobust import accounting, data, training
+    from tfdprobust import accounting, data, run_config, training
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
 
@@ -147,10 +147,10 @@ def fit(strategy) -> dict:
     private = data.ImageData(rng.random((200, 28, 28, 1), dtype=np.float32), (np.arange(200) % 10).astype(np.int64),
                              "synthetic", "random")
     public = data.ImageData(rng.random((16, 28, 28, 1), dtype=np.float32), np.zeros(16, np.int64), "synthetic", "random")
-    cfg = training.RunConfig.make(
+    cfg = run_config.RunConfig.make(
         train=TrainConfig(learning_rate=0.5, attack=None, dp=DPConfig(noise_multiplier=1.0)), batch_size=50,
         model=ModelConfig(norm="public_bn"), epochs=1, export_dir=None, verbose=0, strategy="mirrored")
-    spec = training.accounting_spec(cfg, len(private))
+    spec = run_config.accounting_spec(cfg, len(private))
     trained = training.train(cfg, private, public, spec, log=lambda _: None)
     return {"steps": trained.steps, "epsilon": trained.history.history["epsilon"][-1],
             "epsilon_global_batch": accounting.epsilon(spec.replace(steps=trained.steps)),

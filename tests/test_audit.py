@@ -348,19 +348,19 @@ def test_cli_end_to_end(exported, tmp_path):
 
 @pytest.mark.slow
 def test_training_records_the_members_the_audit_uses(exported, tmp_path):
-    # training.run stores its DataConfig; the audit rebuilds exactly that training split.
-    from tfdprobust import data, training
+    # runs.run stores its DataConfig; the audit rebuilds exactly that training split.
+    from tfdprobust import data, run_config, runs
     from tfdprobust.data import DataConfig
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
 
     root, _, _ = exported
     data_cfg = DataConfig(dataset="mnist", data_dir=str(root / "data"), public_examples=0, max_train=40, seed=3)
-    cfg = training.RunConfig.make(
+    cfg = run_config.RunConfig.make(
         train=TrainConfig(learning_rate=0.1, dp=DPConfig(enabled=False), attack=None), batch_size=20,
         data=data_cfg, model=ModelConfig(name="lenet", norm="none"), epochs=2, eval_attack=None,
         export_dir=str(tmp_path), run_name="m", verbose=0)
-    result = training.run(cfg, log=lambda m: None)
+    result = runs.run(cfg, log=lambda m: None)
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
     rebuilt, how = audit.resolve_data_config(meta, result["export_path"])
     assert rebuilt == data_cfg and how == "recorded data_config"

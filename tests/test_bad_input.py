@@ -261,7 +261,7 @@ TRAINING = [
     case("public_examples-beyond-the-pool", "--data_dir={tmp}/data --batch_size=50 --public_dataset=sklearn_digits "
          "--public_examples=2000", "--public_examples=2000 exceeds the 1797 public images",
          "pass --public_examples=1797", setup=_mnist_200),
-    # Data files are decoded after TensorFlow loads (training.run): not fast.
+    # Data files are decoded after TensorFlow loads (runs.run): not fast.
     case("truncated-gz", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", "truncated",
          "download", fast=False, setup=_truncated_gz),
     case("not-gzip", "--data_dir={tmp}/data --batch_size=50", "train-images-idx3-ubyte.gz", "download", fast=False,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from tfdprobust import accounting, checkpoint, data, journal, training
+from tfdprobust import accounting, checkpoint, data, journal, run_config, training
 from tfdprobust.errors import UsageError
 from mnist_cli_util import run_main  # noqa: F401  (fixture)
 from tfdprobust.train_step import DPConfig, TrainConfig
@@ -29,7 +29,7 @@ SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 def _cfg(model, **kwargs):
     train = TrainConfig(attack=None, optimizer=kwargs.pop("optimizer", "momentum"), learning_rate=0.5,
                         dp=DPConfig(l2_clip=1.0, noise_multiplier=2.0, clipping=kwargs.pop("clipping", "flat")))
-    return training.RunConfig.make(train=train, batch_size=8, model=model, export_dir=None, verbose=0, **kwargs)
+    return run_config.RunConfig.make(train=train, batch_size=8, model=model, export_dir=None, verbose=0, **kwargs)
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def tiny_private(tiny_images):
 
 
 def _trained(cfg, private, checkpointing=None):
-    spec = training.accounting_spec(cfg, len(private))
+    spec = run_config.accounting_spec(cfg, len(private))
     if checkpointing is not None:
         spec = spec.replace(interrupted_steps=checkpointing.journal.interrupted)
     return training.train(cfg, private, None, spec, log=lambda message: None, checkpointing=checkpointing)

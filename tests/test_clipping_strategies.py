@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdprobust import accounting, clipping, randomness, training
+from tfdprobust import accounting, clipping, randomness, run_config
 from tfdprobust.errors import UsageError
 from tfdprobust.train_step import DPConfig, TrainConfig
 
@@ -101,14 +101,14 @@ def test_adaptive_bound_tracks_the_target_quantile():
 
 def _adaptive_cfg(sampling="poisson", accountant="rdp", count_noise=None):
     train = TrainConfig(dp=DPConfig(noise_multiplier=1.1, clipping="adaptive", count_noise=count_noise), attack=None)
-    return training.RunConfig.make(train=train, batch_size=256, epochs=3, sampling=sampling, accountant=accountant,
+    return run_config.RunConfig.make(train=train, batch_size=256, epochs=3, sampling=sampling, accountant=accountant,
                                    export_dir=None)
 
 
 def test_adaptive_epsilon_equals_an_independent_dp_accounting_composition():
     """N = 60,000, B = 256, 3 epochs, sigma = 1.1, count noise std B/20 = 12.8: every step
     releases the noised gradient and the noised count of the same Poisson batch."""
-    spec = training.accounting_spec(_adaptive_cfg(), 60000)
+    spec = run_config.accounting_spec(_adaptive_cfg(), 60000)
     steps = 3 * math.ceil(60000 / 256)
     count_multiplier = 12.8 / 0.5    # the count of (b_i - 1/2) has sensitivity 1/2
     q = 256 / 60000
@@ -128,7 +128,7 @@ def test_adaptive_epsilon_equals_an_independent_dp_accounting_composition():
 
 
 def test_adaptive_epsilon_under_shuffling_doubles_both_sensitivities():
-    spec = training.accounting_spec(_adaptive_cfg(sampling="shuffle", count_noise=3.0), 60000)
+    spec = run_config.accounting_spec(_adaptive_cfg(sampling="shuffle", count_noise=3.0), 60000)
     event = dp_accounting.SelfComposedDpEvent(dp_accounting.ComposedDpEvent(
         [dp_accounting.GaussianDpEvent(0.55), dp_accounting.GaussianDpEvent(3.0)]), 3)
     independent = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE).compose(
@@ -137,10 +137,10 @@ def test_adaptive_epsilon_under_shuffling_doubles_both_sensitivities():
 
 
 def test_target_epsilon_calibration_includes_the_quantile_releases():
-    cfg = training.resolve_noise(
-        training.RunConfig.make(train=_adaptive_cfg().train, batch_size=256, epochs=3, target_epsilon=2.0,
+    cfg = run_config.resolve_noise(
+        run_config.RunConfig.make(train=_adaptive_cfg().train, batch_size=256, epochs=3, target_epsilon=2.0,
                                 export_dir=None), 6000)
-    spec = training.accounting_spec(cfg, 6000)
+    spec = run_config.accounting_spec(cfg, 6000)
     assert spec.extra_noise_multipliers == (25.6,)
     assert accounting.epsilon(spec) <= 2.0 < accounting.epsilon(spec.replace(
         noise_multiplier=cfg.train.dp.noise_multiplier * 0.99))
@@ -148,7 +148,7 @@ def test_target_epsilon_calibration_includes_the_quantile_releases():
 
 def test_pld_with_adaptive_poisson_is_refused():
     with pytest.raises(UsageError, match="pld"):
-        training.accounting_spec(_adaptive_cfg(accountant="pld"), 60000)
+        run_config.accounting_spec(_adaptive_cfg(accountant="pld"), 60000)
 
 
 def test_the_adaptive_bound_moves_with_secret_noise(tiny_images):

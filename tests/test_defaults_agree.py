@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from tfdprobust.train_step import DPConfig, TrainConfig
-from tfdprobust.training import RunConfig
+from tfdprobust.run_config import RunConfig
 
 _READ = """
 import json, sys

@@ -79,7 +79,7 @@ def test_every_tensorboard_diagnostic_and_its_folder_say_not_covered_by_epsilon(
 def test_an_aborted_run_deletes_its_diagnostics_and_says_so(tiny_images, tmp_path):
     """training.train stopped mid-run (here by a callback; the divergence guard does the
     same, "nothing was exported"): its event files are gone, its README says why."""
-    from tfdprobust import data, training
+    from tfdprobust import data, run_config, training
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
 
@@ -92,11 +92,11 @@ def test_an_aborted_run_deletes_its_diagnostics_and_says_so(tiny_images, tmp_pat
                 raise RuntimeError("diverged: nothing was exported")
 
     x, y, _ = tiny_images
-    cfg = training.RunConfig.make(train=TrainConfig(attack=None, dp=DPConfig(noise_multiplier=1.0)), batch_size=4,
+    cfg = run_config.RunConfig.make(train=TrainConfig(attack=None, dp=DPConfig(noise_multiplier=1.0)), batch_size=4,
                                   model=ModelConfig(norm="group"), export_dir=None, eval_attack=None, verbose=0)
     log_dir = str(tmp_path / "run")
     with pytest.raises(RuntimeError, match="diverged"):
-        training.train(cfg, data.ImageData(x, y, "mnist", "tiny"), None, training.accounting_spec(cfg, len(x)),
+        training.train(cfg, data.ImageData(x, y, "mnist", "tiny"), None, run_config.accounting_spec(cfg, len(x)),
                        log=lambda m: None, log_dir=log_dir, callbacks=[Abort()])
     assert wrote  # it had written diagnostics before the abort
     assert not _event_tags(tmp_path) and not [n for n in os.listdir(log_dir) if n.startswith("events.out")]

@@ -18,7 +18,7 @@ import pytest
 from tfdprobust import accounting, distribute, sampling
 from tfdprobust.errors import UsageError
 from tfdprobust.train_step import DPConfig, TrainConfig
-from tfdprobust.training import RunConfig
+from tfdprobust.run_config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",

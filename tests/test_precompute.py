@@ -13,7 +13,7 @@ from tfdprobust.features import Scattering2D
 from tfdprobust.models import ModelConfig
 from tfdprobust.normalization import update_public_statistics
 from tfdprobust.train_step import TrainConfig
-from tfdprobust.training import RunConfig
+from tfdprobust.run_config import RunConfig
 
 CONFIGS = [ModelConfig(name="scatternet_cnn", norm="group", groups=27, activation="tanh"),
            ModelConfig(name="scatternet_cnn", norm="public_bn"),

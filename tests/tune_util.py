@@ -21,7 +21,7 @@ def data_dir():
 
 def tiny_config(tuning_dir, clip_grid=(0.5, 2.0), lr_grid=(0.5, 2.0), run_kw=None, **kw):
     """A search that trains 6 steps per trial on 600 images and validates on 100."""
-    from tfdprobust import training
+    from tfdprobust import run_config
     from tfdprobust.tuning import TuneConfig
 
     run = dict(train=TrainConfig(attack=TINY_ATTACK, dp=DPConfig(noise_multiplier=1.0)), batch_size=100,
@@ -31,7 +31,7 @@ def tiny_config(tuning_dir, clip_grid=(0.5, 2.0), lr_grid=(0.5, 2.0), run_kw=Non
     # The search's own ledger store (not the test's): module fixtures stay isolated.
     run["ledger_dir"] = str(tuning_dir).rstrip(os.sep) + "-ledger-store"
     run.update(run_kw or {})
-    base = dict(run=training.RunConfig.make(**run), clip_grid=clip_grid, lr_grid=lr_grid,
+    base = dict(run=run_config.RunConfig.make(**run), clip_grid=clip_grid, lr_grid=lr_grid,
                 tuning_dir=str(tuning_dir), validation_examples=100,
                 val_attack=attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2), export_best=0)
     base.update(kw)

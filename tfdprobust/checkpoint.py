@@ -345,7 +345,7 @@ class Checkpointing:
 
 
 def plan_for(cfg, name: str) -> Optional[Plan]:
-    """The :class:`Plan` of run ``name`` with :class:`~tfdprobust.training.RunConfig` ``cfg``
+    """The :class:`Plan` of run ``name`` with :class:`~tfdprobust.run_config.RunConfig` ``cfg``
     (``None`` without checkpoints), checked before any work: ``--resume`` needs a checkpoint
     made with the same settings; a fresh run may not start over an interrupted run's checkpoint.
 

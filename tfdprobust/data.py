@@ -523,7 +523,7 @@ def load_experiment_data(cfg: DataConfig, log: Callable[[str], None] = print,
         if cfg.public_from_private:
             # Explicitly asked for: set aside images of the private pool before training and
             # never train on them. Their statistics are released un-noised, so the guarantee
-            # covers the remaining training examples only (training.run says so).
+            # covers the remaining training examples only (runs.run says so).
             require(len(train) > 2 * cfg.public_examples,
                     f"--public_examples={cfg.public_examples} is too large for {len(train)} training images")
             # Per example (roles): each image with u < public_examples / N is set aside (about

@@ -98,7 +98,7 @@ def make_strategy(name: str) -> Optional[tf.distribute.Strategy]:
     """The strategy ``name`` (``None`` for ``none``), made once per process.
 
     ``MultiWorkerMirroredStrategy`` configures TensorFlow's collective ops, which must
-    happen before the first op runs, so :func:`tfdprobust.training.run` calls this first.
+    happen before the first op runs, so :func:`tfdprobust.runs.run` calls this first.
     """
     return STRATEGIES.get(name)()
 

@@ -1,6 +1,6 @@
 """One privacy budget per private data set: a user-level ledger of every release about it.
 
-Every DP training on a data set (training CLI, Python API :func:`tfdprobust.training.run`,
+Every DP training on a data set (training CLI, Python API :func:`tfdprobust.runs.run`,
 each tuner trial, and each trial's noisy validation counts) appends one JSON line, *before*
 it starts, to ``<ledger_dir>/<fingerprint>.jsonl``. The fingerprint is a hash of the whole
 private data set (:func:`fingerprint`: order-independent, before ``--max_train`` or any

@@ -20,7 +20,7 @@ head's weights copied into it), so it takes pixels, and the attacks and the robu
 evaluation still work in pixel space.
 
 Adversarial training needs gradients with respect to the *pixels* at every step, so with an
-attack the transform must stay inside the network; :class:`~tfdprobust.training.RunConfig`
+attack the transform must stay inside the network; :class:`~tfdprobust.run_config.RunConfig`
 refuses ``precompute_features`` together with a training attack.
 
 Example:

@@ -4,7 +4,7 @@
         --model saved_models/B --name dp --out reports/audit
 
 For each model: rebuild the exact training members from the ``data_config`` that
-``training.run`` records in the export's ``metadata.json``, draw as many non-members
+``runs.run`` records in the export's ``metadata.json``, draw as many non-members
 (training-pool examples the run's ``max_train`` left out when there are enough, else
 the test split; seeded subsample), run the two
 attacks of :mod:`~tfdprobust.audit.mia` on the model's logits, and turn each attack into a

@@ -140,7 +140,7 @@ def write_tables(rows: List[Dict[str, Any]], out_dir: str, command: str, seconds
 
 
 def compare(base) -> int:
-    from tfdprobust import training
+    from tfdprobust import runs
 
     names = compare_entries()
     command = "python -m tfdprobust.experiments.cifar10 " + " ".join(sys.argv[1:])
@@ -148,8 +148,8 @@ def compare(base) -> int:
     rows = []
     for name in names:
         print(f"=== {name} ===", flush=True)
-        result = training.run(entry_config(base, name))
-        print(training.summary(result), flush=True)
+        result = runs.run(entry_config(base, name))
+        print(runs.summary(result), flush=True)
         rows.append(row(name, result))
         write_tables(rows, FLAGS.table_dir, command, time.time() - start, _header(base))  # partial tables too
     print(open(os.path.join(FLAGS.table_dir, "results.md")).read())
@@ -187,7 +187,7 @@ def main(argv):
 
         flagcheck.writable_dir(FLAGS.table_dir, "--table_dir")
     logging.set_verbosity(logging.ERROR)
-    from tfdprobust import training
+    from tfdprobust import runs
 
     base = mnist.config_from_flags()
     if not FLAGS["learning_rate"].present:
@@ -196,8 +196,8 @@ def main(argv):
             base.train, learning_rate=DP_LEARNING_RATE if base.train.dp.enabled else NON_DP_LEARNING_RATE))
     if FLAGS.compare:
         return compare(base)
-    result = training.run(base)
-    print(training.summary(result))
+    result = runs.run(base)
+    print(runs.summary(result))
     return 0
 
 

@@ -163,12 +163,12 @@ def dp_run(cfg, experiment, trajectory_every: int = 0, trajectory_examples: int 
         A flat dict: settings, accuracies, epsilon, wall time, the held-out trajectory, and
         ``diverged`` (the held-out loss did not fall: non-finite, or at the end not below its start).
     """
-    from tfdprobust import accounting, training
+    from tfdprobust import accounting, run_config, training
 
     n = len(experiment.train)
-    cfg = training.resolve_noise(cfg, n)
+    cfg = run_config.resolve_noise(cfg, n)
     dp = cfg.train.dp
-    spec = training.accounting_spec(cfg, n) if dp.enabled else None
+    spec = run_config.accounting_spec(cfg, n) if dp.enabled else None
     record = Trajectory()
     callbacks = []
     if trajectory_every:

@@ -62,7 +62,7 @@ def grid():
 
 
 def make_config(optimizer, batch_size, lr, clip, adv_weight, seed, data_dir):
-    from tfdprobust import attacks, training
+    from tfdprobust import attacks, run_config
     from tfdprobust.data import DataConfig
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
@@ -73,7 +73,7 @@ def make_config(optimizer, batch_size, lr, clip, adv_weight, seed, data_dir):
     train = TrainConfig(optimizer=optimizer, learning_rate=lr,
                         dp=DPConfig(enabled=True, l2_clip=clip, noise_multiplier=FLAGS.noise),
                         attack=attack, adv_weight=adv_weight if attack else 0.0)
-    return training.RunConfig.make(
+    return run_config.RunConfig.make(
         train=train, batch_size=batch_size,
         data=DataConfig(dataset=FLAGS.dataset, public_dataset=FLAGS.public_dataset,
                         public_examples=FLAGS.public_examples if FLAGS.norm == "public_bn" else 0,

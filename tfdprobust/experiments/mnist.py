@@ -6,7 +6,7 @@
 Trains with DP-SGD, PGD adversarial training and public-data batch normalization (one
 epoch by default), prints clean and PGD accuracy on held-out data and epsilon, and
 exports a SavedModel plus a results JSON under ``--export_dir``. ``--help`` lists the flags.
-This file only turns flags into configs; the work is :func:`tfdprobust.training.run`.
+This file only turns flags into configs; the work is :func:`tfdprobust.runs.run`.
 """
 
 import os
@@ -251,9 +251,9 @@ def check_checkpoint_flags():
 
 
 def config_from_flags():
-    """Builds a validated :class:`tfdprobust.training.RunConfig` from the flags."""
+    """Builds a validated :class:`tfdprobust.run_config.RunConfig` from the flags."""
     check_flags()
-    from tfdprobust import attacks, training
+    from tfdprobust import attacks, run_config
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
 
@@ -276,7 +276,7 @@ def config_from_flags():
                     quantile_learning_rate=FLAGS.quantile_learning_rate, count_noise=FLAGS.count_noise,
                     clip_bias_cosine=FLAGS.clip_bias_cosine, chunk_rows=FLAGS.dp_chunk_rows),
         attack=attack, adv_weight=FLAGS.adv_weight, jit_compile=FLAGS.jit_compile)
-    return training.RunConfig.make(
+    return run_config.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
         data=data_config(),
         model=ModelConfig(name=FLAGS.model, norm=FLAGS.norm, activation=FLAGS.activation, groups=FLAGS.groups,
@@ -298,10 +298,10 @@ def main(argv):
         cli.fail(f"unexpected argument {argv[1]!r}; flags look like --name=value (see --helpshort)")
     check_flags()  # before TensorFlow is imported: a typo costs a second, not the import
     logging.set_verbosity(logging.ERROR)  # TF's SavedModel writer logs every asset at INFO
-    from tfdprobust import training
+    from tfdprobust import runs
 
-    result = training.run(config_from_flags())
-    print(training.summary(result))
+    result = runs.run(config_from_flags())
+    print(runs.summary(result))
     return 0
 
 

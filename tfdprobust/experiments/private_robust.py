@@ -180,7 +180,7 @@ def load_searches(out: str, optimizers):
 
 def table_runs(out: str, data_dir: str, picks, log=print):
     """Retrains the picks on the whole training split at each table epsilon; exports them."""
-    from tfdprobust import attacks, data, export, training
+    from tfdprobust import attacks, data, export, run_config, runs
     from tfdprobust.experiments import common
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
@@ -213,7 +213,7 @@ def table_runs(out: str, data_dir: str, picks, log=print):
         dp = eps_dp is not None
         train = TrainConfig(optimizer=FLAGS.table_optimizer, learning_rate=lr, attack=None, adv_weight=0.0,
                             dp=DPConfig(enabled=dp, l2_clip=clip or 1.0, noise_multiplier=sigma if dp else 0.0))
-        cfg = training.RunConfig.make(
+        cfg = run_config.RunConfig.make(
             train=train, batch_size=FLAGS.batch_size, data=data_config(data_dir),
             model=ModelConfig(norm=FLAGS.norm), epochs=FLAGS.epochs, delta=FLAGS.delta, eval_attack=None,
             export_dir=None, seed=FLAGS.seed, verbose=0)

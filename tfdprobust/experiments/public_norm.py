@@ -71,7 +71,7 @@ ROW_TITLES = {
 
 
 def make_config(row, norm, seed, data_dir, epochs):
-    from tfdprobust import attacks, training
+    from tfdprobust import attacks, run_config
     from tfdprobust.data import DataConfig
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
@@ -82,7 +82,7 @@ def make_config(row, norm, seed, data_dir, epochs):
     train = TrainConfig(optimizer=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
                         dp=DPConfig(enabled=True, l2_clip=FLAGS.l2_clip, noise_multiplier=FLAGS.noise),
                         attack=attack, adv_weight=FLAGS.adv_weight if attack else 0.0)
-    return training.RunConfig.make(
+    return run_config.RunConfig.make(
         train=train, batch_size=FLAGS.batch_size,
         data=DataConfig(dataset=FLAGS.dataset if row == "fashion" else "mnist", public_dataset=FLAGS.public_dataset,
                         public_examples=FLAGS.public_examples if norm == "public_bn" else 0, data_dir=data_dir,

@@ -105,7 +105,7 @@ def _reusable(model_dir: str, name: str, nm: float, clip, epochs: int):
 
 
 def train_models(model_dir, data_dir):
-    from tfdprobust import training
+    from tfdprobust import run_config, runs
     from tfdprobust.data import DataConfig
     from tfdprobust.models import ModelConfig
     from tfdprobust.train_step import DPConfig, TrainConfig
@@ -115,7 +115,7 @@ def train_models(model_dir, data_dir):
         train = TrainConfig(optimizer="sgd", learning_rate=FLAGS.learning_rate,
                             dp=DPConfig(enabled=dp, l2_clip=clip or 1.0, noise_multiplier=nm), attack=None,
                             adv_weight=0.0)
-        cfg = training.RunConfig.make(
+        cfg = run_config.RunConfig.make(
             train=train, batch_size=FLAGS.batch_size,
             data=DataConfig(dataset=FLAGS.dataset, public_examples=0, data_dir=data_dir, max_train=FLAGS.max_train,
                             max_test=FLAGS.max_test, seed=FLAGS.seed),
@@ -126,7 +126,7 @@ def train_models(model_dir, data_dir):
             print(f"reusing {name}: {label}, {epochs} epochs (already in {model_dir})", flush=True)
         else:
             print(f"training {name}: {label}, {epochs} epochs", flush=True)
-            r = training.run(cfg, log=lambda m: None)
+            r = runs.run(cfg, log=lambda m: None)
         print(f"    clean test accuracy {r['clean_accuracy']:.4f}, epsilon {r['epsilon']}, "
               f"{r['resources']['train_seconds']:.0f} s", flush=True)
         out[name] = {k: r[k] for k in ("clean_accuracy", "epsilon", "steps", "data",

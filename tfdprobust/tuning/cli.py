@@ -171,7 +171,7 @@ def config_from_flags():
     """A validated :class:`TuneConfig` from the absl flags (no data loaded, no writes)."""
     from absl import flags
 
-    from tfdprobust import attacks, training
+    from tfdprobust import attacks, run_config
     from tfdprobust.data import DataConfig
     from tfdprobust.errors import require
     from tfdprobust.models import ModelConfig
@@ -188,7 +188,7 @@ def config_from_flags():
               if F.steps > 0 and F.eps > 0 else None)
     train = TrainConfig(optimizer=F.optimizer, learning_rate=lr_grid[0], attack=attack, adv_weight=F.adv_weight,
                         dp=DPConfig(l2_clip=clip_grid[0], noise_multiplier=F.noise, path=F.dp_path))
-    run = training.RunConfig.make(
+    run = run_config.RunConfig.make(
         train=train, batch_size=F.batch_size,
         data=DataConfig(dataset=F.dataset, public_dataset=F.public_dataset,
                         public_examples=F.public_examples if F.norm == "public_bn" else 0,

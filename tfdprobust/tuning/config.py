@@ -27,7 +27,7 @@ class TuneConfig:
     """A search over (R, eta) at fixed sigma / epochs / batch size / sampling.
 
     Attributes:
-        run: the base :class:`~tfdprobust.training.RunConfig`; its ``l2_clip`` and
+        run: the base :class:`~tfdprobust.run_config.RunConfig`; its ``l2_clip`` and
             ``learning_rate`` are replaced per trial, everything else is shared (including
             ``accountant``, ``insecure_reproducible_noise`` and ``data.public_from_private``).
         clip_grid, lr_grid: candidate clipping norms R and learning rates eta.
@@ -71,10 +71,10 @@ class TuneConfig:
     mean_trials_selection: Optional[float] = None
 
     def __post_init__(self):
-        from tfdprobust import training
+        from tfdprobust import run_config
 
         if self.run is None:
-            object.__setattr__(self, "run", training.RunConfig.make(export_dir=None, verbose=0))
+            object.__setattr__(self, "run", run_config.RunConfig.make(export_dir=None, verbose=0))
         object.__setattr__(self, "clip_grid", validate_grid(self.clip_grid, "--clip_grid"))
         object.__setattr__(self, "lr_grid", validate_grid(self.lr_grid, "--lr_grid"))
         if self.nondp_lr_grid is not None:

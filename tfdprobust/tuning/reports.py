@@ -300,7 +300,7 @@ def metadata(cfg: TuneConfig, run_cfg, sd, record, metrics, guarantee, rank) -> 
     """Configuration, the search's epsilon/delta and guarantee, test-set figures, released
     validation figures. No history, no per-epoch values, no training-batch statistic, no
     exact figure on private validation images."""
-    from tfdprobust import sampling, training
+    from tfdprobust import run_config, runs, sampling
 
     dp = run_cfg.train.dp
     sampler = sampling.make_sampler(run_cfg.sampling, len(sd.train), run_cfg.batch_size)
@@ -319,12 +319,12 @@ def metadata(cfg: TuneConfig, run_cfg, sd, record, metrics, guarantee, rank) -> 
         "epsilon": guarantee["epsilon"],
         "epsilon_single_training": record["epsilon"] if private else None,
         "guarantee": guarantee["statement"],
-        "unprotected": training.unprotected_examples(run_cfg) or None,
+        "unprotected": run_config.unprotected_examples(run_cfg) or None,
         "optimizer": run_cfg.train.optimizer, "learning_rate": run_cfg.train.learning_rate,
         "train_attack": dataclasses.asdict(run_cfg.train.attack) if run_cfg.train.robust else None,
         "adv_weight": run_cfg.train.adv_weight if run_cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(run_cfg.eval_attack) if run_cfg.eval_attack else None,
-        "seed": run_cfg.seed, "versions": training.package_versions(), **metrics,
+        "seed": run_cfg.seed, "versions": runs.package_versions(), **metrics,
         "search": {"rank": rank, "trial_id": record["trial_id"], "validation": record["validation"],
                    "num_validation_examples": len(sd.validation),
                    "released_" + NATURAL: record[NATURAL], "released_" + ROBUST: record.get(ROBUST),

@@ -36,14 +36,14 @@ def remaining_trials(cfg: TuneConfig) -> int:
 
 def prepare(cfg: TuneConfig, log: Callable[[str], None] = print):
     """All checks, no writes: returns ``(search data, ledger, plan)``."""
-    from tfdprobust import training
+    from tfdprobust import run_config
     from tfdprobust.tuning import trial as trial_lib
 
     config_lib.check_destination(cfg)
     config_lib.check_tuning_dir(cfg)
     sd = trial_lib.load_search_data(cfg, log=log)
     n = len(sd.train)
-    training.accounting_spec(cfg.run, n)  # delta < 1/N, batch <= N
+    run_config.accounting_spec(cfg.run, n)  # delta < 1/N, batch <= N
     ledger = privacy.Ledger(cfg.tuning_dir, sd.fingerprint, store=cfg.run.ledger_dir)
     existing = [] if cfg.new_ledger else ledger.entries()
     steps = trial_lib.planned_steps(cfg.run, n)
@@ -156,7 +156,7 @@ def run_references(cfg: TuneConfig, sd, ledger, log=print) -> None:
 
 def report(cfg: TuneConfig, sd, ledger, log=print, new_ledger_note: str = "") -> Dict[str, Any]:
     """Tables, plots, the one guarantee, exports; returns (and writes) the report."""
-    from tfdprobust import accounting, training
+    from tfdprobust import accounting, run_config
     from tfdprobust.tuning import trial as trial_lib
 
     rows, refs = reports.collect_trials(cfg)
@@ -164,7 +164,7 @@ def report(cfg: TuneConfig, sd, ledger, log=print, new_ledger_note: str = "") ->
     g = privacy.search_guarantee(ledger.entries(), cfg.run.delta, cfg.run.accountant)
     if not new_ledger_note and os.path.exists(os.path.join(cfg.project_dir, "new_ledger.json")):
         new_ledger_note = "note: this search started a new ledger (--new_ledger); earlier executions are not composed"
-    spec = training.accounting_spec(cfg.run, len(sd.train))
+    spec = run_config.accounting_spec(cfg.run, len(sd.train))
     pd = cfg.project_dir
     mech = validation_mechanism(cfg, sd)
     eps_text = "NO DP GUARANTEE" if g["epsilon"] is None else f"search epsilon={g['epsilon']:.3g}, delta={cfg.run.delta:g}"

@@ -171,9 +171,9 @@ def planned_steps(run_cfg, num_train: int) -> int:
 def train_trial(run_cfg, sd: SearchData):
     """Trains one trial on the training part with fresh secret noise and sampling
     (:func:`tfdprobust.training.train`); returns ``(Trained, spec)``."""
-    from tfdprobust import training
+    from tfdprobust import run_config, training
 
-    spec = training.accounting_spec(run_cfg, len(sd.train)) if run_cfg.train.dp.enabled else None
+    spec = run_config.accounting_spec(run_cfg, len(sd.train)) if run_cfg.train.dp.enabled else None
     return training.train(run_cfg, sd.train, sd.public, spec, log=lambda message: None), spec
 
 
