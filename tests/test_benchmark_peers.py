@@ -132,8 +132,9 @@ def test_the_report_names_the_machine_and_an_isa_emulation(monkeypatch):
 
 
 def _row(framework, key, speed, memory):
-    return {"key": f"{framework}:{key}", "framework": framework, "examples_per_cpu_second": speed,
-            "extra_memory_mb": memory}
+    return {"key": f"{framework}:{key}", "framework": framework, "model": key.split(":")[0],
+            "examples_per_cpu_second": speed, "examples_per_second": speed, "extra_memory_mb": memory,
+            "peak_rss_mb": memory, "parameters": 10, "steps": 2, "load_before": 1.0, "path": "test"}
 
 
 def test_targets_table_applies_each_target_to_its_ratio():
@@ -152,3 +153,15 @@ def test_targets_table_applies_each_target_to_its_ratio():
     assert pgd == "| cnn | 250 | PGD-10 | 0.95x met | n/a | 1.50x met | n/a | n/a |"
     assert not any(line.startswith("| lenet |") for line in lines)  # ours_dp did not run there
     assert runner.targets({}, [("cnn", "250", "clean")]) == []
+
+
+def test_a_second_report_of_the_same_configuration_adds_rounds(tmp_path):
+    def result(speed, round_):
+        return {**_row("ours_dp", "cnn:8:clean", speed, 1.0), "round": round_}
+
+    runner.write([result(10.0, 0), result(30.0, 1)], "first", "a", str(tmp_path), "a")
+    runner.write([result(20.0, 0)], "second", "b", str(tmp_path), "b")
+    results, _ = runner.combine(["a", "b"], str(tmp_path))
+    assert [r["round"] for r in results] == [0, 1, 2]
+    (median,) = runner.median_rounds(results)
+    assert median["examples_per_cpu_second"] == 20.0 and median["rounds"] == 3

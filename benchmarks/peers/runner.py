@@ -300,7 +300,11 @@ def _per_round(results: Sequence[Dict], model: str, batch: str, attack: str) -> 
 
 
 def combine(names: Sequence[str], folder: str) -> Tuple[List[Dict], List[str]]:
-    """The results and commands of the reports ``<folder>/<name>.json`` for each name."""
+    """The results and commands of the reports ``<folder>/<name>.json`` for each name.
+
+    Each report's rounds are numbered after the previous reports' rounds, so more rounds
+    of the same configurations, run as a separate report (e.g. on the other core), count
+    as further rounds."""
     results, commands = [], []
     for name in names:
         path = os.path.join(folder, f"{name}.json")
@@ -308,7 +312,8 @@ def combine(names: Sequence[str], folder: str) -> Tuple[List[Dict], List[str]]:
         with open(path, encoding="utf-8") as f:
             payload = json.load(f)
         commands += payload["command"] if isinstance(payload["command"], list) else [payload["command"]]
-        results += payload["results"]
+        offset = 1 + max((r.get("round", 0) for r in results), default=-1)
+        results += [{**r, "round": r.get("round", 0) + offset} for r in payload["results"]]
     return results, commands
 
 
