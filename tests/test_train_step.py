@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfdprobust import accounting, attacks, clipping, per_example
 from tfdprobust.errors import UsageError
 from tfdprobust.models import ModelConfig, build_model
-from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig, fit
+from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig, auto_chunk_rows, fit
 
 ATTACK = attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=3)
 
@@ -402,3 +402,23 @@ def test_the_xla_compiled_step_equals_the_graph_step(tiny_images, dp):
     initial = np.concatenate([v.numpy().ravel() for v in small_net().trainable_variables])
     assert np.abs(weights[0] - initial).max() > 1e-4  # the step moved the weights
     np.testing.assert_allclose(weights[1], weights[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch, attack, adv_weight, chunk_rows, expected", [
+    (250, None, 0.5, None, None),       # 250 rows: one pass (faster there)
+    (250, ATTACK, 0.5, None, 128),      # 500 rows (adversarial + clean): chunks of 128 rows
+    (250, ATTACK, 1.0, None, None),     # adversarial rows only: 250 rows, one pass
+    (128, ATTACK, 0.5, None, None),     # exactly 256 rows: one pass
+    (257, None, 0.5, None, 128),
+    (1000, None, 0.5, 0, None),         # 0: one pass, whatever the size
+    (64, None, 0.5, 32, 32),            # given: used as is
+])
+def test_the_clipped_sum_chunks_by_the_documented_rule_of_the_expected_rows(batch, attack, adv_weight, chunk_rows,
+                                                                          expected):
+    model = PrivateRobustModel(build_model(ModelConfig(norm="none"), seed=0), TrainConfig(
+        expected_batch_size=batch, attack=attack, adv_weight=adv_weight, dp=DPConfig(chunk_rows=chunk_rows)))
+    assert model.chunk_rows == expected
+
+
+def test_the_default_chunk_size_switches_above_256_expected_rows():
+    assert [auto_chunk_rows(n) for n in (1, 128, 256, 257, 500, 2000)] == [None, None, None, 128, 128, 128]

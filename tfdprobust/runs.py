@@ -155,6 +155,9 @@ def _run_claimed(cfg: RunConfig, given: RunConfig, name: str, strategy, experime
         "adv_weight": cfg.train.adv_weight if cfg.train.robust else 0.0,
         "eval_attack": dataclasses.asdict(cfg.eval_attack) if cfg.eval_attack else None,
         "jit_compile": cfg.train.jit_compile,
+        # Rows per chunk of the DP clipped sum (None: one pass), from --dp_chunk_rows or the
+        # expected batch size: settings only.
+        "dp_chunk_rows": trainer.chunk_rows if dp.enabled and dp.path == "vectorized" else None,
         # How each weight's per-example norm was computed: from the layer shapes and a timing
         # probe on synthetic data (tfdprobust.per_example.calibration), not from private data.
         "norm_methods": ({"methods": trainer.norm_methods, "source": "layer shapes and a timing probe on synthetic "

@@ -81,8 +81,8 @@ def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized", chunk_rows: Opti
     else:
         rules = "per-layer rules" if train_step.per_example.supports(net) else "vectorized_map fallback"
         label = f"tfdprobust fast DP path ({rules})"
-        if chunk_rows:
-            label += f", --dp_chunk_rows={chunk_rows}"
+        if model.chunk_rows:
+            label += f", chunks of {model.chunk_rows} rows" + ("" if chunk_rows else " (the default at this size)")
     return common.timed(_fit_step(model, tf.constant(x), tf.constant(y)), spec, models.count_parameters(net),
                         path=label)
 

@@ -76,7 +76,8 @@ flags.DEFINE_boolean("clip_bias_cosine", False, "Also log the cosine between the
                      "sum each step (a private diagnostic; costs a second weighted sum per layer).")
 flags.DEFINE_integer("dp_chunk_rows", None, "Run the DP clipped sum over the batch in chunks of at most this many rows "
                      "(whole examples with their clean and adversarial rows): exact, and it bounds the DP step's extra "
-                     "memory (e.g. 256 for ResNet-20 with PGD). Default: one pass.")
+                     "memory. 0: one pass. Default: chunks of 128 rows when a batch has more than 256 expected rows "
+                     "(e.g. B = 250 with PGD), else one pass (docs/performance.md).")
 flags.DEFINE_boolean("jit_compile", False, "Compile the train step (attack loop included) with XLA. Off by default: "
                      "2-3x slower on the CPUs measured (docs/performance.md); same results up to float rounding.")
 # Adversarial training
