@@ -62,10 +62,11 @@ OPTIMIZERS: Registry = optimizers.OPTIMIZERS
 # --------------------------------------------------------------------------- configs
 #: Batches of more than AUTO_CHUNK_ABOVE expected rows (examples x their clean and adversarial
 #: rows) take the clipped sum in chunks of AUTO_CHUNK_ROWS rows by default. Measured on a
-#: 2-core AMD EPYC (experiments/benchmarks/peers_s11.md, docs/performance.md): with 500 or
-#: more rows the chunked step was as fast or faster (ResNet-20 at B = 1000: 0.81x against
-#: 0.59x the non-DP step) and its extra memory fell to within the non-DP step's (ResNet-20 +
-#: PGD-10 at B = 1000: 0.68x against 4.3x); with 250 rows, one pass was faster.
+#: 2-core AMD EPYC with AVX2 and FMA at commit 163cb9a (experiments/benchmarks/peers_s11.md,
+#: docs/performance.md): with 500 or more rows the chunked step was faster in 8 of 9
+#: configurations (ResNet-20 + PGD-10 at B = 1000: 0.81x against 0.57x the non-DP step) and its
+#: extra memory at most 1.17x the non-DP step's (one pass: up to 5.3x); with 250 rows, one pass
+#: was faster.
 AUTO_CHUNK_ABOVE = 256
 AUTO_CHUNK_ROWS = 128
 
@@ -364,10 +365,8 @@ class PrivateRobustModel(tf.keras.Model):
         """
         ones = tf.ones_like(y, tf.float32)
         w = self.config.adv_weight
-        if not self.config.robust:
-            return x, y, ones, 1
-        if w == 1.0:
-            return x_adv, y, ones, 1
+        if self.copies == 1:
+            return (x_adv if self.config.robust else x), y, ones, 1
         return (tf.concat([x_adv, x], 0), tf.concat([y, y], 0),
                 tf.concat([w * ones, (1.0 - w) * ones], 0), 2)
 
