@@ -7,8 +7,11 @@ Every method computes each example's squared filter-gradient norm ``||dL_i/dW||^
 convolution, from the layer's input ``a`` ``[B, H, W, C_in]`` and output gradient ``dz``:
 
 * ``ours``: what the DP step runs when it materializes a convolution's gradient
-  (:meth:`tfdprobust.per_example.factors.ConvFactors.blocks`: unit-stride slices, then batched
-  matmuls per kernel offset or on the unfolded patches);
+  (:meth:`tfdprobust.per_example.factors.ConvFactors.blocks`, in the layout its rule picks,
+  :meth:`~tfdprobust.per_example.factors.ConvFactors.layout`, named in the report);
+* ``unfold``, ``offsets`` and ``filter_op``: each of those layouts forced (the unfolded patches
+  and one batched matmul; one batched matmul per kernel offset; the filter-gradient op on one
+  example at a time);
 * ``ghost``: the Gram-matrix norm (:func:`tfdprobust.per_example.norms._ghost_squared_norm`),
   which never writes the gradient out (Li et al., "Large Language Models Can Be Strong
   Differentially Private Learners");
@@ -39,16 +42,21 @@ from absl import flags  # noqa: E402
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 
-#: (name, H = W of the input, C_in, C_out, kernel, stride): the convolutions of each network,
-#: one row per distinct geometry (SAME padding).
-LAYERS: Dict[str, List[Tuple[str, int, int, int, int, int]]] = {
-    "resnet20": [("stem 32x32x3->16", 32, 3, 16, 3, 1), ("stage 1 32x32x16->16", 32, 16, 16, 3, 1),
-                 ("stage 2 in 32x32x16->32 /2", 32, 16, 32, 3, 2), ("stage 2 16x16x32->32", 16, 32, 32, 3, 1),
-                 ("stage 3 in 16x16x32->64 /2", 16, 32, 64, 3, 2), ("stage 3 8x8x64->64", 8, 64, 64, 3, 1)],
-    "cnn": [("conv1 28x28x1->16 8x8 /2", 28, 1, 16, 8, 2), ("conv2 14x14x16->32 4x4 /2", 14, 16, 32, 4, 2)],
-    "lenet": [("conv1 28x28x1->20 5x5", 28, 1, 20, 5, 1), ("conv2 12x12x20->50 5x5", 12, 20, 50, 5, 1)],
+#: (name, H = W of the input, C_in, C_out, kernel, stride, padding): the convolutions of each
+#: network on the peer benchmark's 28 x 28 x 1 MNIST digits, one row per distinct geometry.
+LAYERS: Dict[str, List[Tuple[str, int, int, int, int, int, str]]] = {
+    "resnet20": [("stem 28x28x1->16", 28, 1, 16, 3, 1, "SAME"), ("stage 1 28x28x16->16", 28, 16, 16, 3, 1, "SAME"),
+                 ("stage 2 in 28x28x16->32 /2", 28, 16, 32, 3, 2, "SAME"),
+                 ("stage 2 14x14x32->32", 14, 32, 32, 3, 1, "SAME"),
+                 ("stage 3 in 14x14x32->64 /2", 14, 32, 64, 3, 2, "SAME"),
+                 ("stage 3 7x7x64->64", 7, 64, 64, 3, 1, "SAME")],
+    "cnn": [("conv1 28x28x1->16 8x8 /2", 28, 1, 16, 8, 2, "SAME"),
+            ("conv2 13x13x16->32 4x4 /2 valid", 13, 16, 32, 4, 2, "VALID")],
+    "lenet": [("conv1 28x28x1->20 5x5 valid", 28, 1, 20, 5, 1, "VALID"),
+              ("conv2 12x12x20->50 5x5 valid", 12, 20, 50, 5, 1, "VALID")],
 }
-METHODS = ("ours", "ghost", "depthwise", "grouped_xla")
+LAYOUTS = ("unfold", "offsets", "filter_op")
+METHODS = ("ours", *LAYOUTS, "ghost", "depthwise", "grouped_xla")
 
 flags.DEFINE_list("layers", ["resnet20"], f"Networks whose convolutions to measure: {', '.join(LAYERS)}.")
 flags.DEFINE_integer("batch_size", 64, "Examples per call.")
@@ -59,8 +67,8 @@ flags.DEFINE_string("out", None, "Also write the report (markdown) here.")
 FLAGS = flags.FLAGS
 
 
-def depthwise_grads(a, dz, kernel: int, stride: int):
-    """Per-example filter gradients ``[B, k, k, C_in, C_out]`` of a SAME convolution as one
+def depthwise_grads(a, dz, kernel: int, stride: int, padding: str = "SAME"):
+    """Per-example filter gradients ``[B, k, k, C_in, C_out]`` of a convolution as one
     depthwise convolution: the input ``[C_in, H, W, B]`` (the batch as channels) filtered by
     ``dz`` ``[H_out, W_out, B, C_out]`` (each example's output gradient is its own channel's
     filter, ``C_out`` outputs per channel); the stride becomes the filter's dilation."""
@@ -68,15 +76,16 @@ def depthwise_grads(a, dz, kernel: int, stride: int):
 
     batch, height, width, channels = a.shape
     _, out_h, out_w, out_c = dz.shape
-    pad_h = max((out_h - 1) * stride + kernel - height, 0)
-    pad_w = max((out_w - 1) * stride + kernel - width, 0)
-    a = tf.pad(a, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
+    if padding == "SAME":  # TensorFlow's SAME: the odd pixel goes after
+        pad_h = max((out_h - 1) * stride + kernel - height, 0)
+        pad_w = max((out_w - 1) * stride + kernel - width, 0)
+        a = tf.pad(a, [[0, 0], [pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2], [0, 0]])
     out = tf.nn.depthwise_conv2d(tf.transpose(a, [3, 1, 2, 0]), tf.transpose(dz, [1, 2, 0, 3]), [1, 1, 1, 1],
                                  "VALID", dilations=[stride, stride])[:, :kernel, :kernel]
     return tf.transpose(tf.reshape(out, [channels, kernel, kernel, batch, out_c]), [3, 1, 2, 0, 4])
 
 
-def grouped_grads(a, dz, kernel: int, stride: int):
+def grouped_grads(a, dz, kernel: int, stride: int, padding: str = "SAME"):
     """The same per-example gradients as the filter gradient of one grouped convolution: the
     batch folded into the channels of a single image, ``B`` groups."""
     import tensorflow as tf
@@ -88,31 +97,41 @@ def grouped_grads(a, dz, kernel: int, stride: int):
     filt = tf.zeros([kernel, kernel, channels, batch * out_c])
     with tf.GradientTape() as tape:
         tape.watch(filt)
-        y = tf.nn.conv2d(x, filt, stride, "SAME")
+        y = tf.nn.conv2d(x, filt, stride, padding)
     grad = tape.gradient(y, filt, output_gradients=g)
     return tf.transpose(tf.reshape(grad, [kernel, kernel, channels, batch, out_c]), [3, 0, 1, 2, 4])
 
 
-def methods_for(a, dz, kernel: int, stride: int, grouped: bool) -> Dict[str, Callable]:
+def methods_for(a, dz, kernel: int, stride: int, padding: str, grouped: bool) -> Dict[str, Callable]:
     """Compiled functions, one per method, each returning the per-example squared norms."""
     import tensorflow as tf
 
     from tfdprobust.per_example.factors import ConvFactors
     from tfdprobust.per_example.norms import _ghost_squared_norm, _sum_squares
 
-    factors = ConvFactors(a, dz, (kernel, kernel), (stride, stride), (1, 1), "SAME")
+    factors = ConvFactors(a, dz, (kernel, kernel), (stride, stride), (1, 1), padding)
+
+    def forced(layout):
+        class Forced(ConvFactors):
+            def layout(self):
+                return layout
+
+        f = Forced(a, dz, (kernel, kernel), (stride, stride), (1, 1), padding)
+        return tf.function(lambda: tf.add_n([_sum_squares(b) for b in f.blocks()]))
+
     fns = {
         "ours": tf.function(lambda: tf.add_n([_sum_squares(b) for b in factors.blocks()])),
+        **{layout: forced(layout) for layout in LAYOUTS},
         "ghost": tf.function(lambda: _ghost_squared_norm([factors])),
-        "depthwise": tf.function(lambda: _sum_squares(depthwise_grads(a, dz, kernel, stride))),
+        "depthwise": tf.function(lambda: _sum_squares(depthwise_grads(a, dz, kernel, stride, padding))),
     }
     if grouped:
-        fns["grouped_xla"] = tf.function(lambda: _sum_squares(grouped_grads(a, dz, kernel, stride)),
+        fns["grouped_xla"] = tf.function(lambda: _sum_squares(grouped_grads(a, dz, kernel, stride, padding)),
                                          jit_compile=True)
     return fns
 
 
-def reference_norms(a, dz, kernel: int, stride: int):
+def reference_norms(a, dz, kernel: int, stride: int, padding: str = "SAME"):
     """Each example's squared filter-gradient norm, one example at a time through autodiff of
     ``tf.nn.conv2d`` (independent of every method above)."""
     import numpy as np
@@ -123,7 +142,7 @@ def reference_norms(a, dz, kernel: int, stride: int):
         filt = tf.zeros([kernel, kernel, a.shape[-1], dz.shape[-1]])
         with tf.GradientTape() as tape:
             tape.watch(filt)
-            y = tf.nn.conv2d(a[i:i + 1], filt, stride, "SAME")
+            y = tf.nn.conv2d(a[i:i + 1], filt, stride, padding)
         out.append(float(tf.reduce_sum(tf.square(tape.gradient(y, filt, output_gradients=dz[i:i + 1])))))
     return np.array(out)
 
@@ -143,13 +162,15 @@ def measure(layer, batch: int, seconds: float, rounds: int, grouped: bool, log=p
     import numpy as np
     import tensorflow as tf
 
-    name, size, c_in, c_out, kernel, stride = layer
+    from tfdprobust.per_example.factors import ConvFactors
+
+    name, size, c_in, c_out, kernel, stride, padding = layer
     rng = np.random.default_rng(0)
-    out_size = -(-size // stride)
+    out_size = -(-size // stride) if padding == "SAME" else (size - kernel) // stride + 1
     a = tf.constant(rng.standard_normal((batch, size, size, c_in)), tf.float32)
     dz = tf.constant(rng.standard_normal((batch, out_size, out_size, c_out)), tf.float32)
-    ref = reference_norms(a, dz, kernel, stride)
-    fns = methods_for(a, dz, kernel, stride, grouped)
+    ref = reference_norms(a, dz, kernel, stride, padding)
+    fns = methods_for(a, dz, kernel, stride, padding, grouped)
     agree = {}
     for method, fn in fns.items():
         try:
@@ -164,9 +185,10 @@ def measure(layer, batch: int, seconds: float, rounds: int, grouped: bool, log=p
             times[method].append(cpu_ms(fns[method], seconds))
     ratios = {m: statistics.median(t / o for t, o in zip(times[m], times["ours"])) if "ours" in ok else None
               for m in ok}
-    row = {"layer": name, "batch": batch, "agree": agree,
+    layout = ConvFactors(a, dz, (kernel, kernel), (stride, stride), (1, 1), padding).layout()
+    row = {"layer": name, "batch": batch, "layout": layout, "agree": agree,
            "ms": {m: statistics.median(v) for m, v in times.items()}, "ratio_to_ours": ratios}
-    log(f"{name}, B = {batch}: " + ", ".join(f"{m} {row['ms'][m]:.1f} ms ({ratios[m]:.2f}x ours)" for m in ok)
+    log(f"{name}, B = {batch}, ours = {layout}: " + ", ".join(f"{m} {row['ms'][m]:.1f} ms ({ratios[m]:.2f}x ours)" for m in ok)
         + "".join(f"; {m}: {agree[m]}" for m in fns if m not in ok))
     return row
 
@@ -178,7 +200,7 @@ def report(rows: List[Dict], command: str, machine_line: str) -> str:
              "CPU milliseconds of one thread per call (median round) and, in brackets, the median of the "
              "per-round ratios to `ours` (below 1: faster than ours). Max relative error of each method's "
              "per-example squared norms against one-example-at-a-time autodiff is under the table.", "",
-             "| layer | B | " + " | ".join(methods) + " |", "|---|---:|" + "---:|" * len(methods)]
+             "| layer | B | ours is | " + " | ".join(methods) + " |", "|---|---:|---|" + "---:|" * len(methods)]
     for r in rows:
         cells = []
         for m in methods:
@@ -189,7 +211,7 @@ def report(rows: List[Dict], command: str, machine_line: str) -> str:
                              else f"not timed: error {r['agree'][m]:.1e}")
             else:
                 cells.append("not run")
-        lines.append(f"| {r['layer']} | {r['batch']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['layer']} | {r['batch']} | {r['layout']} | " + " | ".join(cells) + " |")
     lines += ["", "Max relative error against the reference:", ""]
     for r in rows:
         lines.append(f"- {r['layer']}: " + ", ".join(

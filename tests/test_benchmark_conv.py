@@ -15,29 +15,32 @@ from tfdprobust.per_example.factors import ConvFactors
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _one_at_a_time(a, dz, kernel, stride):
+def _one_at_a_time(a, dz, kernel, stride, padding="SAME"):
     """``[B, k, k, C_in, C_out]`` by autodiff of ``tf.nn.conv2d`` on each example alone."""
     out = []
     for i in range(a.shape[0]):
         filt = tf.zeros([kernel, kernel, a.shape[-1], dz.shape[-1]])
         with tf.GradientTape() as tape:
             tape.watch(filt)
-            y = tf.nn.conv2d(a[i:i + 1], filt, stride, "SAME")
+            y = tf.nn.conv2d(a[i:i + 1], filt, stride, padding)
         out.append(tape.gradient(y, filt, output_gradients=dz[i:i + 1]).numpy())
     return np.stack(out)
 
 
-@pytest.mark.parametrize("size,c_in,c_out,kernel,stride", [(9, 3, 4, 3, 1), (10, 2, 5, 3, 2), (11, 1, 3, 4, 2)])
-def test_the_folded_convolutions_give_each_examples_own_gradient(size, c_in, c_out, kernel, stride):
+@pytest.mark.parametrize("size,c_in,c_out,kernel,stride,padding", [
+    (9, 3, 4, 3, 1, "SAME"), (10, 2, 5, 3, 2, "SAME"), (11, 1, 3, 4, 2, "SAME"), (12, 2, 5, 5, 1, "VALID"),
+    (13, 3, 4, 4, 2, "VALID")])
+def test_the_folded_convolutions_give_each_examples_own_gradient(size, c_in, c_out, kernel, stride, padding):
     rng = np.random.default_rng(size)
+    out = -(-size // stride) if padding == "SAME" else (size - kernel) // stride + 1
     a = tf.constant(rng.standard_normal((3, size, size, c_in)), tf.float32)
-    dz = tf.constant(rng.standard_normal((3, -(-size // stride), -(-size // stride), c_out)), tf.float32)
-    want = _one_at_a_time(a, dz, kernel, stride)
+    dz = tf.constant(rng.standard_normal((3, out, out, c_out)), tf.float32)
+    want = _one_at_a_time(a, dz, kernel, stride, padding)
     assert np.abs(want).max() > 0.1  # not a trivially zero comparison
-    np.testing.assert_allclose(bench.depthwise_grads(a, dz, kernel, stride).numpy(), want, rtol=1e-4, atol=1e-4)
-    grouped = tf.function(lambda: bench.grouped_grads(a, dz, kernel, stride), jit_compile=True)
+    np.testing.assert_allclose(bench.depthwise_grads(a, dz, kernel, stride, padding).numpy(), want, rtol=1e-4, atol=1e-4)
+    grouped = tf.function(lambda: bench.grouped_grads(a, dz, kernel, stride, padding), jit_compile=True)
     np.testing.assert_allclose(grouped().numpy(), want, rtol=1e-4, atol=1e-4)
-    ours = ConvFactors(a, dz, (kernel, kernel), (stride, stride), (1, 1), "SAME").materialize().numpy()
+    ours = ConvFactors(a, dz, (kernel, kernel), (stride, stride), (1, 1), padding).materialize().numpy()
     np.testing.assert_allclose(ours.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
 
 
@@ -56,10 +59,10 @@ def test_a_run_reports_every_method_against_ours_with_its_machine(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
-    assert "| conv1 28x28x1->16 8x8 /2 | 2 | " in text and "(1.00x)" in text
+    assert "| conv1 28x28x1->16 8x8 /2 | 2 | unfold | " in text and "(1.00x)" in text
     assert "Machine: " in text and " cores" in text and "TensorFlow " in text  # the machine line
     assert "--layers=cnn" in text
-    for method in ("ours", "ghost", "depthwise"):
+    for method in ("ours", "unfold", "offsets", "filter_op", "ghost", "depthwise"):
         assert f"{method} " in text.split("Max relative error against the reference:")[1]
 
 

@@ -122,15 +122,17 @@ def test_synthetic_factors_keep_the_shapes_and_not_the_values():
 
 
 @pytest.mark.parametrize("size,channels,kernel,stride", [(9, 16, 4, 2), (12, 20, 5, 1), (9, 40, 3, 1), (20, 16, 3, 1)])
-def test_both_materialized_layouts_write_the_same_per_example_gradient(monkeypatch, size, channels, kernel, stride):
-    """The unfolded patches and the per-kernel-offset matmuls (ConvFactors.unfolds picks one)
-    give the same rows, and they equal one convolution-filter gradient per example."""
+def test_every_materialized_layout_writes_the_same_per_example_gradient(monkeypatch, size, channels, kernel, stride):
+    """The unfolded patches, the per-kernel-offset matmuls and the filter-gradient op on one
+    example at a time (ConvFactors.layout picks one) give the same rows, and they equal one
+    convolution-filter gradient per example."""
     f = _conv_factors(size=size, channels=channels, filters=6, kernel=kernel, stride=stride)
     out = []
-    for unfold in (True, False):
-        monkeypatch.setattr(factors.ConvFactors, "unfolds", lambda self, u=unfold: u)
+    for layout in ("unfold", "offsets", "filter_op"):
+        monkeypatch.setattr(factors.ConvFactors, "layout", lambda self, u=layout: u)
         out.append(f.materialize().numpy())
     np.testing.assert_allclose(out[0], out[1], rtol=1e-10)
+    np.testing.assert_allclose(out[0], out[2], rtol=1e-10)
     for i in range(f.a.shape[0]):
         kernel_var = tf.zeros([kernel, kernel, channels, 6], tf.float64)
         with tf.GradientTape() as tape:
@@ -138,6 +140,28 @@ def test_both_materialized_layouts_write_the_same_per_example_gradient(monkeypat
             pre = tf.nn.conv2d(f.a[i:i + 1], kernel_var, stride, "VALID")
         g = tape.gradient(pre, kernel_var, output_gradients=f.dz[i:i + 1])
         np.testing.assert_allclose(out[0][i], tf.reshape(g, [-1, 6]).numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape,dilation,want", [
+    ((28, 1, 16, 8, 2), 1, "unfold"),      # one input channel: the CNN's first convolution
+    ((14, 16, 32, 4, 2), 1, "unfold"),     # few positions and channels: the CNN's second
+    ((8, 20, 50, 5, 1), 1, "unfold"),      # 64 positions, 20 channels: LeNet's second
+    ((32, 16, 16, 3, 1), 1, "filter_op"),  # ResNet-20's first stage: many positions
+    ((8, 64, 64, 3, 1), 1, "filter_op"),   # its third: many channels
+    ((32, 16, 16, 3, 1), 2, "offsets"),    # dilated: the filter-gradient op has no CPU dilation
+])
+def test_the_layout_is_the_documented_rule(shape, dilation, want):
+    size, channels, filters, kernel, stride = shape
+    out = -(-size // stride)
+    f = factors.ConvFactors(tf.zeros([2, size, size, channels]), tf.zeros([2, out, out, filters]), (kernel, kernel),
+                            (stride, stride), (dilation, dilation), "SAME")
+    assert f.layout() == want
+
+
+def test_the_filter_op_layout_handles_an_empty_batch():
+    """Poisson sampling can draw an empty batch: the loop over rows then returns no rows."""
+    f = factors.ConvFactors(tf.zeros([0, 32, 32, 16]), tf.zeros([0, 32, 32, 16]), (3, 3), (1, 1), (1, 1), "SAME")
+    assert f.layout() == "filter_op" and f.materialize().shape == (0, 144, 16)
 
 
 @pytest.mark.parametrize("faster", ["ghost", "materialized"])

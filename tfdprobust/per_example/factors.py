@@ -174,28 +174,55 @@ class ConvFactors(Factors):
         return tf.transpose(self._unfolded_t(), [0, 2, 1]), self._g()
 
     def blocks(self):
+        layout = self.layout()
+        if layout == "filter_op":  # the framework's own filter-gradient op, one example at a time
+            positions, d, p = self.dims
+            return [tf.reshape(self._filter_grads(), [-1, d, p])]
         g = self._g()
-        if self.unfolds():  # one batched matmul on the stacked offsets
+        if layout == "unfold":  # one batched matmul on the stacked offsets
             return [tf.matmul(self._unfolded_t(), g)]
         # one batched matmul per kernel offset, [C_in x T] x [T x p] per example
         positions = self.dims[0] if self.dims[0] is not None else -1
         return [tf.matmul(tf.reshape(o, [-1, self.a.shape[-1], positions]), g) for o in self._offsets()]
 
-    def unfolds(self) -> bool:
-        """Whether :meth:`blocks` writes out the unfolded patches ``A^T`` (``T d`` floats per
-        example) for one batched matmul, rather than one small matmul per kernel offset.
+    def _filter_grads(self) -> tf.Tensor:
+        """``[rows, kh, kw, C_in, C_out]``: each row's filter gradient by the convolution's own
+        filter-gradient op (oneDNN's backward-weights kernel on a CPU) on a batch of one, in a
+        loop over the rows (``tf.map_fn``: the graph stays one op whatever the batch)."""
+        shape = [*self.kernel_size, self.a.shape[-1], self.dz.shape[-1]]
 
-        Unfolding pays when the per-offset matmuls are tiny: few channels (< 8), or few
-        positions and channels (``T <= 64``, ``C_in <= 32``: LeNet's second convolution, 64
-        positions x 20 channels, took 31 against 42 ms at B = 250; the CNN's second, 7.5
-        against 8.8). Not for many positions (ResNet-20's first stage, 784 x 16: 135 against
-        60 ms) nor many channels (its last, 49 x 64: 62 against 31 ms). Measured one thread,
-        CPU time, on a 2-core AMD EPYC with AVX2 and with oneDNN limited to AVX (the same
-        ordering; these batched matmuls are Eigen's), recorded in
-        ``experiments/benchmarks/profile_s10.md``.
+        def one(pair):
+            a, dz = pair
+            return tf.raw_ops.Conv2DBackpropFilter(input=a[None], filter_sizes=shape, out_backprop=dz[None],
+                                                   strides=[1, *self.strides, 1], padding=self.padding)
+
+        return tf.map_fn(one, (self.a, self.dz), fn_output_signature=tf.TensorSpec(shape, self.a.dtype))
+
+    def layout(self) -> str:
+        """How :meth:`blocks` writes out the per-example gradients:
+
+        * ``"unfold"``: the unfolded patches ``A^T`` (``T d`` floats per example), then one
+          batched matmul. It pays when the per-offset matmuls are tiny: few channels (< 8), or
+          few positions and channels (``T <= 64``, ``C_in <= 32``: LeNet's second convolution,
+          64 positions x 20 channels, took 31 against 42 ms at B = 250 per offset; the CNN's
+          second, 7.5 against 8.8);
+        * ``"filter_op"``: every other undilated convolution (many positions or channels),
+          the filter-gradient op on one example at a time. ResNet-20's first stage (32 x 32
+          positions, 16 channels) took 9.9 to 12.6 ms against 17.0 per kernel offset at
+          B = 64 and 37 to 44 against 73 ms at B = 250; its third (8 x 8, 64 channels), 7.4
+          against 8.0;
+        * ``"offsets"``: a dilated convolution (that op's CPU kernel has no dilation): one
+          batched matmul ``[C_in x T] x [T x p]`` per kernel offset.
+
+        Measured one thread, CPU time, on a 2-core AMD EPYC with AVX2 and FMA, TensorFlow
+        2.15 (``benchmarks/conv_per_example.py``; the unfold figures in
+        ``experiments/benchmarks/profile_s10.md``, the filter-op ones in
+        ``experiments/benchmarks/conv_s12.md``).
         """
         channels, positions = self.a.shape[-1], self.dims[0]
-        return channels < 8 or (positions is not None and positions <= 64 and channels <= 32)
+        if channels < 8 or (positions is not None and positions <= 64 and channels <= 32):
+            return "unfold"
+        return "filter_op" if self.dilation_rate == (1, 1) else "offsets"
 
     def weighted_sums(self, scales):
         # The n weightings of dz side by side as output channels: the filter gradient of
