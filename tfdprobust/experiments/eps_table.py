@@ -15,7 +15,13 @@ gradient-masking checks. Methods (a registry, :data:`METHODS`):
 * ``dpsgd_pgd``: DP-SGD + PGD-l_inf adversarial training (clean and adversarial loss
   combined per example before clipping);
 * ``pretrain_finetune``: non-private pre-training on public data (``--pretrain_source``,
-  never the private set), then DP fine-tuning with ``--freeze``.
+  never the private set), then DP fine-tuning with ``--freeze``;
+* ``scatternet``: the ``scatternet_fmnist_eps3`` recipe (ScatterNet features + a small CNN,
+  Tramèr and Boneh, "Differentially Private Learning Needs Better Features (or Much More
+  Data)"), at each ``--epsilons`` value: the recipe's batch, learning rate, clipping norm,
+  optimizer and epochs; of the table's ``--batch_size``, ``--learning_rate``, ``--l2_clip``
+  and ``--epochs``, only those given on the command line override them (the training
+  command shows every override, the target epsilon and delta always).
 
 Every cell (method, epsilon, seed) is written atomically to ``<out>/cells/<key>.json``
 with its two commands and wall times as soon as it is done; a rerun skips the cells that
@@ -67,7 +73,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("epochs", 3, "DP training epochs.")
     flags.DEFINE_integer("nodp_epochs", None, "Epochs of the non-DP reference (default --epochs).")
     flags.DEFINE_integer("batch_size", 1000, "Expected batch size.")
-    flags.DEFINE_float("learning_rate", 4.0, "DP-SGD learning rate (C = --l2_clip); the non-DP reference uses 0.1.")
+    flags.DEFINE_float("learning_rate", 4.0, "DP-SGD learning rate (C = --l2_clip).")
+    flags.DEFINE_float("nodp_learning_rate", 0.1, "Learning rate of every non-DP reference, recipes' included (a "
+                       "DP learning rate such as 4 is sized for clipped gradients and diverges without clipping).")
     flags.DEFINE_float("l2_clip", 1.0, "Clipping norm C.")
     flags.DEFINE_float("delta", 1e-5, "delta of every epsilon.")
     flags.DEFINE_integer("max_train", 0, "Size reduction: about this many private training examples (0 = all).")
@@ -98,6 +106,7 @@ class Method:
     title: str
     flags: Tuple[str, ...]
     pretrains: bool = False
+    recipe: Optional[str] = None  # a tfdprobust.recipes name: its own batch, learning rate, C and epochs
 
 
 def _methods() -> Dict[str, Method]:
@@ -106,6 +115,8 @@ def _methods() -> Dict[str, Method]:
         Method("dpsgd_pgd", "DP-SGD + PGD", ("--attack=pgd_linf",)),
         Method("pretrain_finetune", "public pre-training + DP fine-tuning", ("--attack=none", "--eps=0"),
                pretrains=True),
+        Method("scatternet", "ScatterNet + CNN (recipe scatternet_fmnist_eps3)", ("--attack=none", "--eps=0"),
+               recipe="scatternet_fmnist_eps3"),
     )}
 
 
@@ -149,14 +160,21 @@ def cell_key(method: str, epsilon: Optional[float], seed: int) -> str:
 
 def train_command(method: Method, epsilon: Optional[float], seed: int, data: str, models: str, run_name: str):
     """The training CLI command of one cell."""
-    argv = [sys.executable, "-m", "tfdprobust.experiments.mnist", f"--dataset={FLAGS.dataset}",
-            f"--data_dir={data}", f"--batch_size={FLAGS.batch_size}", f"--seed={seed}", f"--export_dir={models}",
-            f"--run_name={run_name}", "--checkpoint_every=0", "--verbose=0", *method.flags]
+    def given(name: str) -> bool:  # a recipe keeps its own value unless the flag is on the command line
+        return not method.recipe or FLAGS[name].present
+
+    argv = [sys.executable, "-m", "tfdprobust.experiments.mnist",
+            *([f"--recipe={method.recipe}"] if method.recipe else []), f"--dataset={FLAGS.dataset}",
+            f"--data_dir={data}", *([f"--batch_size={FLAGS.batch_size}"] if given("batch_size") else []),
+            f"--seed={seed}", f"--export_dir={models}", f"--run_name={run_name}", "--checkpoint_every=0",
+            "--verbose=0", *method.flags]
     if epsilon is None:
-        argv += ["--nodp", f"--epochs={FLAGS.nodp_epochs or FLAGS.epochs}"]
+        argv += ["--nodp", f"--learning_rate={FLAGS.nodp_learning_rate:g}"]
+        if FLAGS.nodp_epochs or given("epochs"):
+            argv.append(f"--epochs={FLAGS.nodp_epochs or FLAGS.epochs}")
     else:
-        argv += [f"--target_epsilon={epsilon:g}", f"--delta={FLAGS.delta:g}", f"--epochs={FLAGS.epochs}",
-                 f"--learning_rate={FLAGS.learning_rate:g}", f"--l2_clip={FLAGS.l2_clip:g}"]
+        argv += [f"--target_epsilon={epsilon:g}", f"--delta={FLAGS.delta:g}"]
+        argv += [f"--{name}={FLAGS[name].value:g}" for name in ("epochs", "learning_rate", "l2_clip") if given(name)]
     if method.name == "dpsgd_pgd":
         # the CLI's own quick check of the robust accuracy is kept small: the table's is the evaluation's
         argv += [f"--eps={FLAGS.train_eps:g}", f"--steps={FLAGS.train_attack_steps}", "--eval_examples=50",
@@ -435,6 +453,7 @@ def check_flags() -> None:
     fc.list_numbers(FLAGS, "epsilons", ">0")
     fc.list_numbers(FLAGS, "seeds", ">=0", int)
     fc.ranges(FLAGS, {"epochs": ">=1", "nodp_epochs": ">=1", "batch_size": ">=1", "learning_rate": "(0,1e6]",
+                      "nodp_learning_rate": "(0,1e6]",
                       "l2_clip": ">0", "delta": "(0,1)", "max_train": ">=0", "max_test": ">=0",
                       "train_attack_steps": ">=1", "train_eps": "(0,1]", "pretrain_epochs": ">=1",
                       "eval_examples": ">=1", "check_examples": ">=1", "square_queries": ">=1", "eps_linf": "(0,1]",
