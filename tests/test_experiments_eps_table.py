@@ -142,3 +142,18 @@ def test_table_rows_are_mean_sd_over_seeds_with_a_t_interval():
     assert (lo, hi) == (pytest.approx(0.2 - 0.248414, abs=1e-5), pytest.approx(0.2 + 0.248414, abs=1e-5))
     assert rows[1]["failed_checks"] == ["black_box"] and rows[0]["failed_checks"] == []
     assert eps_table.t_interval([0.5]) is None
+
+
+def test_a_row_whose_seeds_used_different_public_data_says_so():
+    """The training CLI falls back to another public set when the one asked for is missing; a
+    row mixing them would compare unlike models, so summarize() lists every source it saw."""
+    from tfdprobust.experiments import eps_table
+
+    kmnist = {"public": "kmnist test (10000 examples) from /x/kmnist-test-imgs.npz, 128 random images (public)"}
+    digits = {"public": "scikit-learn's bundled 8x8 digits (UCI optical digits, 1797 images, resized to 28x28), "
+                        "128 random images (public)"}
+    cells = [{**_cell("dpsgd", 3.0, 0, 0.7, 0.1), "data": kmnist}, {**_cell("dpsgd", 3.0, 1, 0.7, 0.1), "data": digits},
+             {**_cell("dpsgd_pgd", 3.0, 0, 0.7, 0.1), "data": kmnist}, _cell("dpsgd_pgd", 1.0, 0, 0.7, 0.1)]
+    rows = {(r["method"], r["target_epsilon"]): r["public_data"] for r in eps_table.summarize(cells)}
+    assert rows[("dpsgd", 3.0)] == ["kmnist test", "scikit-learn's bundled 8x8 digits"]
+    assert rows[("dpsgd_pgd", 3.0)] == ["kmnist test"] and rows[("dpsgd_pgd", 1.0)] == ["none"]

@@ -303,6 +303,14 @@ def t_interval(values: Sequence[float]) -> Optional[Tuple[float, float]]:
     return mean - half, mean + half
 
 
+def public_source(cell: Dict[str, Any]) -> str:
+    """The public data a cell's normalization statistics came from, in short (``kmnist test``):
+    the training CLI falls back to another public set when the asked one is missing, so a row
+    whose seeds differ in it is marked in the table."""
+    public = (cell.get("data") or {}).get("public")
+    return public.split(" (")[0].split(",")[0] if public else "none"
+
+
 def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per (method, target epsilon): mean ± sd over its seeds."""
     from tfdprobust.experiments import common
@@ -323,6 +331,7 @@ def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row["robust_linf_ci95_each"] = [c["robust_linf_ci95"] for c in group]
         row["failed_checks"] = sorted({k["name"] for c in group for k in c["masking_checks"] if k["status"] == "fail"})
         row["sizes"] = sorted({(c["num_train_examples"], c["num_test_examples"], c["eval_examples"]) for c in group})
+        row["public_data"] = sorted({public_source(c) for c in group})
         rows.append(row)
     return rows
 
@@ -341,8 +350,8 @@ def write_table(out: str, rows: List[Dict[str, Any]], cells: List[Dict[str, Any]
              f"Robust accuracy: the `standard` ensemble (APGD-CE, APGD-T, FAB-T, Square) at l_inf {FLAGS.eps_linf:g} "
              f"and l2 {FLAGS.eps_l2:g}; mean ± sd over the seeds (n). Wall times are not covered by epsilon.", "",
              "| method | target eps | eps reached | seeds | clean acc | robust l_inf | robust l2 | masking checks "
-             "| train s | eval s | private train / test / attacked |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| train s | eval s | private train / test / attacked | public data (normalization) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eps = "non-DP" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}"
         checks = "FAIL: " + ", ".join(r["failed_checks"]) if r["failed_checks"] else "pass"
@@ -350,7 +359,8 @@ def write_table(out: str, rows: List[Dict[str, Any]], cells: List[Dict[str, Any]
         lines.append(f"| {METHODS[r['method']].title if r['method'] in METHODS else r['method']} | {eps} | "
                      f"{_ms(r['epsilon'], 2)} | {len(r['seeds'])} | {_ms(r['clean_accuracy'])} | "
                      f"{_ms(r['robust_linf'])} | {_ms(r['robust_l2'])} | {checks} | {_ms(r['train_wall_seconds'], 0)} "
-                     f"| {_ms(r['eval_wall_seconds'], 0)} | {sizes} |")
+                     f"| {_ms(r['eval_wall_seconds'], 0)} | {sizes} | "
+                     f"{('MIXED: ' if len(r['public_data']) > 1 else '') + '; '.join(r['public_data'])} |")
     lines += ["", "## 95% intervals of the robust accuracy (l_inf)", "",
               "Over seeds: Student t on the seeds' means (n - 1 degrees of freedom). Per model: the evaluation's "
               "binomial interval over its attacked images.", ""]
