@@ -67,7 +67,8 @@ def our_model(model: str, batch_size: int, pgd: bool, dp: bool, path: str = "vec
     return out
 
 
-def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized", chunk_rows: Optional[int] = None) -> Dict:
+def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized", chunk_rows: Optional[int] = None,
+          note: str = "") -> Dict:
     tf = _tf()
     from tfdprobust import models, train_step
 
@@ -83,6 +84,9 @@ def _ours(spec: peers.Spec, dp: bool, path: str = "vectorized", chunk_rows: Opti
         label = f"tfdprobust fast DP path ({rules})"
         if model.chunk_rows:
             label += f", chunks of {model.chunk_rows} rows" + ("" if chunk_rows else " (the default at this size)")
+        elif chunk_rows == 0:
+            label += ", one pass (--dp_chunk_rows=0)"
+    label += note
     return common.timed(_fit_step(model, tf.constant(x), tf.constant(y)), spec, models.count_parameters(net),
                         path=label)
 
@@ -110,6 +114,22 @@ def ours_dp(spec: peers.Spec) -> Dict:
 def ours_dp_chunked(spec: peers.Spec) -> Dict:
     # The memory-bounded variant of ours_dp: same clipped sum, over chunks of whole examples.
     return _ours(spec, dp=True, chunk_rows=peers.CHUNK_ROWS)
+
+
+def ours_dp_onepass(spec: peers.Spec) -> Dict:
+    # The clipped sum in one pass at every batch size (--dp_chunk_rows=0), against the default's chunks.
+    return _ours(spec, dp=True, chunk_rows=0)
+
+
+def ours_dp_offsets(spec: peers.Spec) -> Dict:
+    """``ours_dp`` with the convolution layout the filter-gradient op replaced (one batched
+    matmul per kernel offset), to measure that change in the same run. This process runs
+    only this configuration, so patching the class here changes nothing elsewhere."""
+    from tfdprobust.per_example.factors import ConvFactors
+
+    rule = ConvFactors.layout
+    ConvFactors.layout = lambda self: "offsets" if rule(self) == "filter_op" else rule(self)
+    return _ours(spec, dp=True, note=", convolutions: one matmul per kernel offset instead of the filter-gradient op")
 
 
 def tfp_dpkeras(spec: peers.Spec) -> Dict:
