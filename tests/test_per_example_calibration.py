@@ -146,9 +146,10 @@ def test_every_materialized_layout_writes_the_same_per_example_gradient(monkeypa
     ((28, 1, 16, 8, 2), 1, "unfold"),      # one input channel: the CNN's first convolution
     ((14, 16, 32, 4, 2), 1, "unfold"),     # few positions and channels: the CNN's second
     ((8, 20, 50, 5, 1), 1, "unfold"),      # 64 positions, 20 channels: LeNet's second
-    ((32, 16, 16, 3, 1), 1, "filter_op"),  # ResNet-20's first stage: many positions
-    ((8, 64, 64, 3, 1), 1, "filter_op"),   # its third: many channels
-    ((32, 16, 16, 3, 1), 2, "offsets"),    # dilated: the filter-gradient op has no CPU dilation
+    ((28, 16, 16, 3, 1), 1, "filter_op"),  # ResNet-20's first stage: many positions
+    ((14, 32, 32, 3, 1), 1, "filter_op"),  # its second
+    ((7, 64, 64, 3, 1), 1, "offsets"),     # its third: few positions, many channels
+    ((28, 16, 16, 3, 1), 2, "offsets"),    # dilated: the filter-gradient op has no CPU dilation
 ])
 def test_the_layout_is_the_documented_rule(shape, dilation, want):
     size, channels, filters, kernel, stride = shape

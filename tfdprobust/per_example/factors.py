@@ -206,23 +206,25 @@ class ConvFactors(Factors):
           few positions and channels (``T <= 64``, ``C_in <= 32``: LeNet's second convolution,
           64 positions x 20 channels, took 31 against 42 ms at B = 250 per offset; the CNN's
           second, 7.5 against 8.8);
-        * ``"filter_op"``: every other undilated convolution (many positions or channels),
-          the filter-gradient op on one example at a time. ResNet-20's first stage (32 x 32
-          positions, 16 channels) took 9.9 to 12.6 ms against 17.0 per kernel offset at
-          B = 64 and 37 to 44 against 73 ms at B = 250; its third (8 x 8, 64 channels), 7.4
-          against 8.0;
-        * ``"offsets"``: a dilated convolution (that op's CPU kernel has no dilation): one
-          batched matmul ``[C_in x T] x [T x p]`` per kernel offset.
+        * ``"filter_op"``: many positions (``T > 64``), undilated: the convolution's own
+          filter-gradient op on one example at a time. ResNet-20's first stage on MNIST
+          (784 positions, 16 channels) took 0.55 to 0.87 times as long as per kernel offset
+          (B = 64 and 250), its second stage (196 positions) 0.46 to 0.85 times;
+        * ``"offsets"``: otherwise (few positions and many channels, or dilated: that op's CPU
+          kernel has no dilation), one batched matmul ``[C_in x T] x [T x p]`` per kernel
+          offset. ResNet-20's last stage (49 positions, 64 channels) took 0.59 to 0.80 times
+          as long as with the filter-gradient op in two of three runs (1.11 in the third).
 
         Measured one thread, CPU time, on a 2-core AMD EPYC with AVX2 and FMA, TensorFlow
-        2.15 (``benchmarks/conv_per_example.py``; the unfold figures in
-        ``experiments/benchmarks/profile_s10.md``, the filter-op ones in
+        2.15 and 2.21 (``benchmarks/conv_per_example.py``; the unfold figures in
+        ``experiments/benchmarks/profile_s10.md``, the others in
         ``experiments/benchmarks/conv_s12.md``).
         """
         channels, positions = self.a.shape[-1], self.dims[0]
-        if channels < 8 or (positions is not None and positions <= 64 and channels <= 32):
+        few_positions = positions is not None and positions <= 64
+        if channels < 8 or (few_positions and channels <= 32):
             return "unfold"
-        return "filter_op" if self.dilation_rate == (1, 1) else "offsets"
+        return "filter_op" if not few_positions and self.dilation_rate == (1, 1) else "offsets"
 
     def weighted_sums(self, scales):
         # The n weightings of dz side by side as output channels: the filter gradient of
