@@ -70,3 +70,12 @@ def test_a_bad_flag_is_named_before_any_work():
     done = subprocess.run([sys.executable, "-m", "benchmarks.conv_per_example", "--layers=vgg"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--layers" in done.stderr
+
+
+def test_the_layout_step_benchmark_times_every_variant_against_the_non_dp_gradient():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.conv_layout_step", "--model=lenet", "--batch_size=4",
+                           "--rounds=1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| DP clipped sum, ")]
+    assert len(rows) == 3 and "| non-DP gradient |" in done.stdout and "1.00x |" in done.stdout
+    assert "commit " in done.stdout and "load average" in done.stdout
