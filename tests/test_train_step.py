@@ -375,18 +375,22 @@ def test_without_tensorflow_privacy_its_path_is_refused_in_one_line_naming_the_e
     assert "--dp_path=vectorized" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("dp", [True, False])
-def test_the_xla_compiled_step_equals_the_graph_step(tiny_images, dp):
+@pytest.mark.parametrize("dp,second_conv", [(True, False), (False, False), (True, True)])
+def test_the_xla_compiled_step_equals_the_graph_step(tiny_images, dp, second_conv):
     """TrainConfig.jit_compile (--jit_compile) compiles the whole step, the PGD loop included,
     with XLA: one step from the same weights on the same batch gives the same weights (no noise,
-    no random start, so both steps are deterministic) up to float rounding."""
+    no random start, so both steps are deterministic) up to float rounding. ``second_conv``: a
+    convolution with 8 input channels at 13 x 13 positions, whose per-example gradients take
+    the filter-gradient-op layout (a loop over the rows, ConvFactors.layout)."""
     x, y, _ = tiny_images
     attack = attacks.AttackConfig(name="pgd_linf", eps=0.1, steps=2, random_start=False)
     def small_net():
         tf.keras.utils.set_random_seed(0)
-        return tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Conv2D(4, 3, strides=2),
-                                    tf.keras.layers.GroupNormalization(2), tf.keras.layers.Activation("tanh"),
-                                    tf.keras.layers.Flatten(), tf.keras.layers.Dense(10)])
+        L = tf.keras.layers
+        extra = [L.Conv2D(8, 3, padding="same", activation="tanh")] if second_conv else []
+        return tf.keras.Sequential([tf.keras.Input((28, 28, 1)), L.Conv2D(4 if not second_conv else 8, 3, strides=2),
+                                    L.GroupNormalization(2), L.Activation("tanh"), *extra,
+                                    L.Flatten(), L.Dense(10)])
 
     weights = []
     for jit in (False, True):
