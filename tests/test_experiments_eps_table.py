@@ -129,11 +129,11 @@ def _cell(method, eps, seed, clean, linf, checks=("pass",)):
 
 
 def test_table_rows_are_mean_sd_over_seeds_with_a_t_interval():
-    from tfdprobust.experiments import eps_table
+    from tfdprobust.experiments import eps_report
 
     cells = [_cell("dpsgd_pgd", 3.0, s, c, r) for s, (c, r) in enumerate([(0.7, 0.1), (0.8, 0.2), (0.9, 0.3)])]
     cells += [_cell("dpsgd", None, 0, 0.95, 0.0, checks=("fail",)), _cell("dpsgd", 3.0, 0, 0.6, 0.0)]
-    rows = eps_table.summarize(cells)
+    rows = eps_report.summarize(cells)
     assert [(r["method"], r["target_epsilon"]) for r in rows] == [("dpsgd", 3.0), ("dpsgd", None), ("dpsgd_pgd", 3.0)]
     pgd = rows[2]
     assert pgd["clean_accuracy"]["mean"] == pytest.approx(0.8) and pgd["clean_accuracy"]["std"] == pytest.approx(0.1)
@@ -141,19 +141,19 @@ def test_table_rows_are_mean_sd_over_seeds_with_a_t_interval():
     lo, hi = pgd["robust_linf_t95"]
     assert (lo, hi) == (pytest.approx(0.2 - 0.248414, abs=1e-5), pytest.approx(0.2 + 0.248414, abs=1e-5))
     assert rows[1]["failed_checks"] == ["black_box"] and rows[0]["failed_checks"] == []
-    assert eps_table.t_interval([0.5]) is None
+    assert eps_report.t_interval([0.5]) is None
 
 
 def test_a_row_whose_seeds_used_different_public_data_says_so():
     """The training CLI falls back to another public set when the one asked for is missing; a
     row mixing them would compare unlike models, so summarize() lists every source it saw."""
-    from tfdprobust.experiments import eps_table
+    from tfdprobust.experiments import eps_report
 
     kmnist = {"public": "kmnist test (10000 examples) from /x/kmnist-test-imgs.npz, 128 random images (public)"}
     digits = {"public": "scikit-learn's bundled 8x8 digits (UCI optical digits, 1797 images, resized to 28x28), "
                         "128 random images (public)"}
     cells = [{**_cell("dpsgd", 3.0, 0, 0.7, 0.1), "data": kmnist}, {**_cell("dpsgd", 3.0, 1, 0.7, 0.1), "data": digits},
              {**_cell("dpsgd_pgd", 3.0, 0, 0.7, 0.1), "data": kmnist}, _cell("dpsgd_pgd", 1.0, 0, 0.7, 0.1)]
-    rows = {(r["method"], r["target_epsilon"]): r["public_data"] for r in eps_table.summarize(cells)}
+    rows = {(r["method"], r["target_epsilon"]): r["public_data"] for r in eps_report.summarize(cells)}
     assert rows[("dpsgd", 3.0)] == ["kmnist test", "scikit-learn's bundled 8x8 digits"]
     assert rows[("dpsgd_pgd", 3.0)] == ["kmnist test"] and rows[("dpsgd_pgd", 1.0)] == ["none"]

@@ -28,7 +28,8 @@ with its two commands and wall times as soon as it is done; a rerun skips the ce
 are there (resume), so rows can be added later (``--methods``, ``--epsilons``,
 ``--seeds`` pick what runs now; the table shows every cell found). ``table.md`` (mean ±
 sd over seeds, the 95% interval of the robust accuracy over seeds) and
-``accuracy_vs_epsilon.png`` are rewritten after each cell, atomically.
+``accuracy_vs_epsilon.png`` are rewritten after each cell, atomically
+(:mod:`tfdprobust.experiments.eps_report`).
 
 Privacy: each training run is recorded in the data set's ledger (:mod:`tfdprobust.ledger`)
 by the training CLI; the figures are test-set scores of the released models (covered by
@@ -39,7 +40,6 @@ as measurements of the machine, outside the guarantee.
 
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -51,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import flags
 
 from tfdprobust import cli
+from tfdprobust.experiments.eps_report import load_cells, report
 
 FLAGS = flags.FLAGS
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -58,8 +59,9 @@ SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."
 
 def define_flags() -> None:
     """The command line's flags. Defined only when this module runs as a program: absl has one
-    global flag namespace, and the table's helpers (:func:`summarize`, :func:`t_interval`) are
-    imported beside the training CLI, whose --dataset, --data_dir and --epochs it shares."""
+    global flag namespace, and this module is imported beside the training CLI (by the report,
+    :mod:`tfdprobust.experiments.eps_report`, and the tests), whose --dataset, --data_dir and
+    --epochs it shares."""
     flags.DEFINE_string("out", "experiments/eps_table", "Output folder (cells/, models/, eval/, logs/, table.md, plot).")
     flags.DEFINE_string("dataset", "fashion_mnist", "Private data set: fashion_mnist (full size) or mnist (offline "
                         "miniature).")
@@ -256,9 +258,9 @@ def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=
     evaluate = eval_command(os.path.join(models, name), data, os.path.join(reports, name))
     eval_seconds = _run(evaluate, os.path.join(logs, f"{name}.eval.log"))
     with open(os.path.join(reports, name, "results.json")) as f:
-        report = json.load(f)["models"][0]
-    linf, linf_ci = _at(report["ensemble"]["linf"], FLAGS.eps_linf)
-    l2, l2_ci = _at(report["ensemble"]["l2"], FLAGS.eps_l2)
+        evaluation = json.load(f)["models"][0]
+    linf, linf_ci = _at(evaluation["ensemble"]["linf"], FLAGS.eps_linf)
+    l2, l2_ci = _at(evaluation["ensemble"]["l2"], FLAGS.eps_l2)
     cell = {
         "key": key, "method": method.name, "target_epsilon": epsilon, "seed": seed, "run_name": name,
         "train_command": shown(train), "eval_command": shown(evaluate),
@@ -266,176 +268,16 @@ def run_cell(out: str, method: Method, epsilon: Optional[float], seed: int, log=
         "epsilon": run.get("epsilon"), "delta": run.get("delta"), "noise_multiplier": run.get("noise_multiplier"),
         "steps": run.get("steps"), "guarantee": run.get("guarantee"), "num_train_examples": run["num_train_examples"],
         "num_test_examples": run["num_test_examples"], "clean_accuracy": run["clean_accuracy"],
-        "eval_examples": report["examples"], "eval_clean_accuracy": report["clean_accuracy"],
+        "eval_examples": evaluation["examples"], "eval_clean_accuracy": evaluation["clean_accuracy"],
         "robust_linf": linf, "robust_linf_ci95": linf_ci, "robust_l2": l2, "robust_l2_ci95": l2_ci,
-        "masking_checks": [{k: c[k] for k in ("name", "status")} for c in report["sanity"]],
-        "masking_checks_passed": report["sanity_passed"],
+        "masking_checks": [{k: c[k] for k in ("name", "status")} for c in evaluation["sanity"]],
+        "masking_checks_passed": evaluation["sanity_passed"],
         "public_pretraining": run.get("public_pretraining"), "data": run.get("data"),
         "machine": {**before, "load_average_after": machine()["load_average"]},
     }
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     common.write_json(os.path.join(out, "cells", key + ".json"), cell)
     return cell
-
-
-def load_cells(out: str) -> List[Dict[str, Any]]:
-    folder = os.path.join(out, "cells")
-    if not os.path.isdir(folder):
-        return []
-    cells = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name)) as f:
-                cells.append(json.load(f))
-    return cells
-
-
-def t_interval(values: Sequence[float]) -> Optional[Tuple[float, float]]:
-    """The 95% Student-t interval of the mean over seeds (``None`` below 2 values)."""
-    from scipy import stats
-
-    v = [x for x in values if x is not None]
-    if len(v) < 2:
-        return None
-    mean = sum(v) / len(v)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
-    half = stats.t.ppf(0.975, len(v) - 1) * sd / math.sqrt(len(v))
-    return mean - half, mean + half
-
-
-def public_source(cell: Dict[str, Any]) -> str:
-    """The public data a cell's normalization statistics came from, in short (``kmnist test``):
-    the training CLI falls back to another public set when the asked one is missing, so a row
-    whose seeds differ in it is marked in the table."""
-    public = (cell.get("data") or {}).get("public")
-    return public.split(" (")[0].split(",")[0] if public else "none"
-
-
-def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One row per (method, target epsilon): mean ± sd over its seeds."""
-    from tfdprobust.experiments import common
-
-    groups: Dict[Tuple[str, Optional[float]], List[Dict[str, Any]]] = {}
-    for c in cells:
-        groups.setdefault((c["method"], c["target_epsilon"]), []).append(c)
-    order = list(METHODS)
-    rows = []
-    for (method, eps), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order
-                                                                       else 99, kv[0][1] is None, kv[0][1] or 0)):
-        row = {"method": method, "target_epsilon": eps, "seeds": sorted(c["seed"] for c in group),
-               "cells": [c["key"] for c in group]}
-        for field in ("clean_accuracy", "robust_linf", "robust_l2", "epsilon", "train_wall_seconds",
-                      "eval_wall_seconds"):
-            row[field] = common.mean_std([c[field] for c in group])
-        row["robust_linf_t95"] = t_interval([c["robust_linf"] for c in group])
-        row["robust_linf_ci95_each"] = [c["robust_linf_ci95"] for c in group]
-        row["failed_checks"] = sorted({k["name"] for c in group for k in c["masking_checks"] if k["status"] == "fail"})
-        row["sizes"] = sorted({(c["num_train_examples"], c["num_test_examples"], c["eval_examples"]) for c in group})
-        row["public_data"] = sorted({public_source(c) for c in group})
-        rows.append(row)
-    return rows
-
-
-def _ms(d: Dict[str, float], digits: int = 3) -> str:
-    if not d or not d.get("n"):
-        return "n/a"
-    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}" if d["n"] > 1 else f"{d['mean']:.{digits}f}"
-
-
-def write_table(out: str, rows: List[Dict[str, Any]], cells: List[Dict[str, Any]]) -> str:
-    """``table.md``: the summary table, the 95% intervals and every cell's commands."""
-    from tfdprobust.experiments import common
-
-    lines = [f"# epsilon x robustness ({len(cells)} cells)", "",
-             f"Robust accuracy: the `standard` ensemble (APGD-CE, APGD-T, FAB-T, Square) at l_inf {FLAGS.eps_linf:g} "
-             f"and l2 {FLAGS.eps_l2:g}; mean ± sd over the seeds (n). Wall times are not covered by epsilon.", "",
-             "| method | target eps | eps reached | seeds | clean acc | robust l_inf | robust l2 | masking checks "
-             "| train s | eval s | private train / test / attacked | public data (normalization) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        eps = "non-DP" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}"
-        checks = "FAIL: " + ", ".join(r["failed_checks"]) if r["failed_checks"] else "pass"
-        sizes = "; ".join(f"{a} / {b} / {c}" for a, b, c in r["sizes"])
-        lines.append(f"| {METHODS[r['method']].title if r['method'] in METHODS else r['method']} | {eps} | "
-                     f"{_ms(r['epsilon'], 2)} | {len(r['seeds'])} | {_ms(r['clean_accuracy'])} | "
-                     f"{_ms(r['robust_linf'])} | {_ms(r['robust_l2'])} | {checks} | {_ms(r['train_wall_seconds'], 0)} "
-                     f"| {_ms(r['eval_wall_seconds'], 0)} | {sizes} | "
-                     f"{('MIXED: ' if len(r['public_data']) > 1 else '') + '; '.join(r['public_data'])} |")
-    lines += ["", "## 95% intervals of the robust accuracy (l_inf)", "",
-              "Over seeds: Student t on the seeds' means (n - 1 degrees of freedom). Per model: the evaluation's "
-              "binomial interval over its attacked images.", ""]
-    for r in rows:
-        if r["method"] == "dpsgd_pgd" and r["target_epsilon"] in (3.0, None):
-            t = r["robust_linf_t95"]
-            each = ", ".join(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in (x for x in r["robust_linf_ci95_each"] if x))
-            lines.append(f"- DP-SGD + PGD, {'non-DP' if r['target_epsilon'] is None else 'eps 3'}: "
-                         f"{_ms(r['robust_linf'])}; over seeds "
-                         + (f"[{t[0]:.3f}, {t[1]:.3f}]" if t else "n/a (fewer than 2 seeds)")
-                         + f"; per model {each}")
-    machines = [c["machine"] for c in cells if c.get("machine")]
-    if machines:
-        loads = [v for m in machines for v in (m["load_average"][0], m["load_average_after"][0])]
-        lines += ["", "## Machine", "",
-                  f"CPU {', '.join(sorted({m['cpu'] for m in machines}))}; {', '.join(sorted({str(m['cores']) for m in machines}))} "
-                  f"cores; 1-minute load average {min(loads):.1f}-{max(loads):.1f} at the cells' starts and ends "
-                  f"(shared machine); code at commit(s) {', '.join(sorted({str(m['commit']) for m in machines}))}."]
-    lines += ["", "## Cells", "", "| cell | train command | eval command |", "|---|---|---|"]
-    for c in cells:
-        lines.append(f"| {c['key']} | `{c['train_command']}` | `{c['eval_command']}` |")
-    text = "\n".join(lines) + "\n"
-    tmp = os.path.join(out, ".table.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, "table.md"))
-    common.write_json(os.path.join(out, "results.json"), {"rows": rows, "cells": cells})
-    return text
-
-
-def write_plot(out: str, rows: List[Dict[str, Any]]) -> Optional[str]:
-    """``accuracy_vs_epsilon.png``: clean and robust (l_inf) accuracy vs epsilon, per method,
-    the non-DP references dashed. Written under a temporary name, then renamed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    colors = {m: f"C{k}" for k, m in enumerate(METHODS)}
-    for ax, field, title in ((axes[0], "clean_accuracy", "clean accuracy"),
-                             (axes[1], "robust_linf", f"robust accuracy (standard, l_inf {FLAGS.eps_linf:g})")):
-        for method in METHODS:
-            dp = [r for r in rows if r["method"] == method and r["target_epsilon"] is not None and r[field]["n"]]
-            if dp:
-                ax.errorbar([r["target_epsilon"] for r in dp], [r[field]["mean"] for r in dp],
-                            yerr=[r[field]["std"] for r in dp], marker="o", capsize=3, color=colors[method],
-                            label=METHODS[method].title)
-            ref = [r for r in rows if r["method"] == method and r["target_epsilon"] is None and r[field]["n"]]
-            if ref:
-                ax.axhline(ref[0][field]["mean"], ls="--", color=colors[method], alpha=0.7,
-                           label=f"{METHODS[method].title}, non-DP")
-        ax.set_xscale("log")
-        ax.set_xlabel("epsilon (delta 1e-5)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7)
-    path = os.path.join(out, "accuracy_vs_epsilon.png")
-    tmp = os.path.join(out, ".accuracy_vs_epsilon.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def report(out: str) -> str:
-    cells = load_cells(out)
-    rows = summarize(cells)
-    text = write_table(out, rows, cells)
-    write_plot(out, rows)
-    return text
 
 
 def planned_cells() -> List[Tuple[Method, Optional[float], int]]:
@@ -488,7 +330,7 @@ def main(argv):
     check_flags()
     out = FLAGS.out
     if FLAGS.report_only:
-        print(report(out))
+        print(report(out, FLAGS.eps_linf, FLAGS.eps_l2))
         return 0
     os.makedirs(out, exist_ok=True)
     done = {c["key"] for c in load_cells(out)}
@@ -505,8 +347,8 @@ def main(argv):
             print(f"[{k}/{len(plan)}] {key}: clean {cell['clean_accuracy']:.4f}, robust l_inf "
                   f"{cell['robust_linf']}, l2 {cell['robust_l2']}, epsilon {cell['epsilon']}, "
                   f"{time.time() - start:.0f} s", flush=True)
-        report(out)
-    print(report(out))
+        report(out, FLAGS.eps_linf, FLAGS.eps_l2)
+    print(report(out, FLAGS.eps_linf, FLAGS.eps_l2))
     return 0
 
 
