@@ -625,6 +625,8 @@ EXPERIMENTS = [
          "choose another source"),
     case("eps_table-report-without-cells", "tfdprobust.experiments.eps_table --report_only --out={tmp}/t",
          "--report_only", "holds no cells"),
+    case("eps_table-no-kmnist-for-the-public-statistics", "tfdprobust.experiments.eps_table "
+         "--data_dir={tmp}/precious --out={tmp}/t", "--data_dir", "no kmnist/ folder"),
 ]
 
 

@@ -321,6 +321,11 @@ def check_flags() -> None:
         fc.existing_dir(folder or None, "--data_dir", "a folder with the raw data files")
     require(bool(data_dir()), f"--data_dir: none of the default folders ({FASHION_DIR}, {SHARED_DATA}) exists; "
             "pass --data_dir with the raw data files")
+    # Every cell normalizes with KMNIST statistics; without kmnist/ the training CLI would fall
+    # back to scikit-learn's digits (as it does offline), and rows would mix unlike models.
+    require(any(os.path.isdir(os.path.join(folder, "kmnist")) for folder in data_dir().split(",")),
+            f"--data_dir={data_dir()}: no kmnist/ folder in it, and every cell takes its public normalization "
+            "statistics from KMNIST; pass --data_dir with a folder holding kmnist/ (e.g. ../shared/data)")
     fc.writable_dir(FLAGS.ledger_dir, "--ledger_dir")
 
 
