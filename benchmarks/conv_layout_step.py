@@ -25,10 +25,16 @@ from absl import flags  # noqa: E402
 
 from tfdprobust import cli  # noqa: E402  (one-line errors, exit 2)
 
-flags.DEFINE_enum("model", "resnet20", ["cnn", "lenet", "resnet20"], "Network (the peer benchmark's).")
-flags.DEFINE_integer("batch_size", 64, "Examples per call.")
-flags.DEFINE_integer("rounds", 7, "Timed rounds after one warm-up call of every variant.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as a program: absl has
+    one global flag namespace, and the tests import this module beside the training CLI,
+    whose --batch_size it would clash with."""
+    flags.DEFINE_enum("model", "resnet20", ["cnn", "lenet", "resnet20"], "Network (the peer benchmark's).")
+    flags.DEFINE_integer("batch_size", 64, "Examples per call.")
+    flags.DEFINE_integer("rounds", 7, "Timed rounds after one warm-up call of every variant.")
 
 
 def variants(rule):
@@ -93,4 +99,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

@@ -58,13 +58,19 @@ LAYERS: Dict[str, List[Tuple[str, int, int, int, int, int, str]]] = {
 LAYOUTS = ("unfold", "offsets", "filter_op")
 METHODS = ("ours", *LAYOUTS, "ghost", "depthwise", "grouped_xla")
 
-flags.DEFINE_list("layers", ["resnet20"], f"Networks whose convolutions to measure: {', '.join(LAYERS)}.")
-flags.DEFINE_integer("batch_size", 64, "Examples per call.")
-flags.DEFINE_float("seconds", 2.0, "Minimum CPU seconds per method per round.")
-flags.DEFINE_integer("rounds", 3, "Rounds (each calls every method once, in the same order).")
-flags.DEFINE_boolean("grouped", False, "Also time the XLA grouped convolution (seconds per call on a CPU).")
-flags.DEFINE_string("out", None, "Also write the report (markdown) here.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as a program: absl has
+    one global flag namespace, and the tests import this module beside the training CLI,
+    whose --batch_size it would clash with."""
+    flags.DEFINE_list("layers", ["resnet20"], f"Networks whose convolutions to measure: {', '.join(LAYERS)}.")
+    flags.DEFINE_integer("batch_size", 64, "Examples per call.")
+    flags.DEFINE_float("seconds", 2.0, "Minimum CPU seconds per method per round.")
+    flags.DEFINE_integer("rounds", 3, "Rounds (each calls every method once, in the same order).")
+    flags.DEFINE_boolean("grouped", False, "Also time the XLA grouped convolution (seconds per call on a CPU).")
+    flags.DEFINE_string("out", None, "Also write the report (markdown) here.")
 
 
 def depthwise_grads(a, dz, kernel: int, stride: int, padding: str = "SAME"):
@@ -251,4 +257,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

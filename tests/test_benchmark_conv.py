@@ -79,3 +79,12 @@ def test_the_layout_step_benchmark_times_every_variant_against_the_non_dp_gradie
     rows = [line for line in done.stdout.splitlines() if line.startswith("| DP clipped sum, ")]
     assert len(rows) == 3 and "| non-DP gradient |" in done.stdout and "1.00x |" in done.stdout
     assert "commit " in done.stdout and "load average" in done.stdout
+
+
+def test_importing_the_benchmarks_defines_no_flag_of_the_training_cli():
+    """absl has one flag namespace: a module-level --batch_size here broke the collection of
+    every test file that imports the training CLI in the same worker."""
+    code = ("import benchmarks.conv_per_example, benchmarks.conv_layout_step\n"
+            "import tfdprobust.experiments.mnist\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
