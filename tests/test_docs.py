@@ -4,7 +4,8 @@
   fresh interpreter whose working folder is a temporary one (default tier: keep them to
   seconds, e.g. on scikit-learn's digits).
 * Every ```bash / ```sh / ```console command line that invokes ``python -m tfdprobust...``
-  runs in a subprocess (``integration`` tier: these are whole CLI runs). The commands of
+  or ``python -m benchmarks...`` (the checkout's benchmark scripts, not installed) runs in a
+  subprocess (``integration`` tier: these are whole CLI runs). The commands of
   one page share one temporary working folder, in page order, so a later block can use
   what an earlier one exported; ``../shared/data`` there points at the checkout's
   ``../shared/data`` when it exists. In a console block only ``$ `` lines are commands, and
@@ -40,7 +41,7 @@ FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 DIRECTIVE = re.compile(r"^<!--\s*doc-test:(.*?)-->\s*$")
 SKIP = re.compile(r"^skip\s*\((.+)\)$")
 SHELL_LANGS = ("bash", "sh", "shell", "console")
-TFDP_COMMAND = re.compile(r"(?:^|\s)python3? -m tfdprobust(?:\.|\s|$)")
+TFDP_COMMAND = re.compile(r"(?:^|\s)python3? -m (?:tfdprobust|benchmarks)(?:\.|\s|$)")
 
 
 def pages() -> List[str]:
