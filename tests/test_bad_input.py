@@ -616,7 +616,8 @@ EXPERIMENTS = [
     case("time_refusals-unknown-suite", "tfdprobust.experiments.time_refusals --only=speed", "--only",
          "choose from"),
     case("profile_step-batch-size-zero", "benchmarks.profile_step --batch_size=0", "--batch_size",
-         "must be >= 1"),    case("eps_table-unknown-method", "tfdprobust.experiments.eps_table --methods=dpsgd,magic --out={tmp}/t",
+         "must be >= 1"),
+    case("eps_table-unknown-method", "tfdprobust.experiments.eps_table --methods=dpsgd,magic --out={tmp}/t",
          "--methods", "magic"),
     case("eps_table-epsilon-zero", "tfdprobust.experiments.eps_table --epsilons=3,0 --out={tmp}/t", "--epsilons",
          "> 0"),
@@ -627,6 +628,8 @@ EXPERIMENTS = [
          "--report_only", "holds no cells"),
     case("eps_table-no-kmnist-for-the-public-statistics", "tfdprobust.experiments.eps_table "
          "--data_dir={tmp}/precious --out={tmp}/t", "--data_dir", "no kmnist/ folder"),
+    case("eps_table-unknown-nodp-optimizer", "tfdprobust.experiments.eps_table --nodp_optimizer=lion --out={tmp}/t",
+         "--nodp_optimizer", "lion"),
 ]
 
 

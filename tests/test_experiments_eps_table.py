@@ -79,7 +79,7 @@ def test_eps_table_miniature_runs_end_to_end_and_resumes(shared_data, tmp_path):
     assert (out / "cells" / "dpsgd_eps8_s0.json").stat().st_mtime_ns == first
     assert {n[:-5] for n in os.listdir(out / "cells")} == cells | {"dpsgd_nodp_s0"}
     with open(out / "cells" / "dpsgd_nodp_s0.json") as f:
-        assert "--nodp --learning_rate=0.1 --epochs=5" in json.load(f)["train_command"]
+        assert "--nodp --optimizer=adam --learning_rate=0.001 --batch_size=250 --epochs=5" in json.load(f)["train_command"]
     with open(out / "cells" / "pretrain_finetune_eps8_s0.json") as f:
         cell = json.load(f)
     assert "--public_pretrain=kmnist" in cell["train_command"] and "--preset=standard" in cell["eval_command"]
@@ -126,6 +126,40 @@ def _cell(method, eps, seed, clean, linf, checks=("pass",)):
             "train_wall_seconds": 10.0, "eval_wall_seconds": 5.0, "robust_linf_ci95": [linf - 0.1, linf + 0.1],
             "masking_checks": [{"name": "black_box", "status": s} for s in checks],
             "num_train_examples": 100, "num_test_examples": 50, "eval_examples": 20}
+
+
+_COMMANDS = """
+import sys
+from tfdprobust.experiments import eps_table as e
+e.define_flags()
+e.FLAGS(["eps_table", *sys.argv[1:]])
+for method in ("dpsgd_pgd", "scatternet"):
+    for eps in (3.0, None):
+        print(" ".join(e.train_command(e.METHODS[method], eps, 0, "D", "M", "R")[1:]))
+"""
+
+
+def _train_commands(*flags):
+    proc = subprocess.run([sys.executable, "-c", _COMMANDS, *flags], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in line.split()[2:])
+            for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.timeout(180)
+def test_non_dp_references_train_with_their_own_optimizer_rate_and_batch():
+    """A DP cell keeps the table's (or the recipe's) optimizer settings; a non-DP one gets the
+    --nodp_* ones, placed after them (absl: the later flag wins), recipes' included."""
+    pgd, pgd_nodp, scat, scat_nodp = _train_commands("--batch_size=1000", "--learning_rate=4",
+                                                      "--nodp_learning_rate=0.002", "--nodp_batch_size=128")
+    assert (pgd["batch_size"], pgd["learning_rate"], pgd.get("optimizer")) == ("1000", "4", None)
+    assert "nodp" not in pgd and pgd["target_epsilon"] == "3"
+    assert (pgd_nodp["optimizer"], pgd_nodp["learning_rate"], pgd_nodp["batch_size"]) == ("adam", "0.002", "128")
+    assert "nodp" in pgd_nodp and "target_epsilon" not in pgd_nodp
+    # the recipe keeps its optimizer; a table flag given on the command line overrides its value
+    assert scat["recipe"] == "scatternet_fmnist_eps3" and "optimizer" not in scat and scat["batch_size"] == "1000"
+    assert (scat_nodp["optimizer"], scat_nodp["learning_rate"], scat_nodp["batch_size"]) == ("adam", "0.002", "128")
 
 
 def test_table_rows_are_mean_sd_over_seeds_with_a_t_interval():
