@@ -157,6 +157,10 @@ def write_plot(out: str, rows: List[Dict[str, Any]], eps_linf: float) -> Optiona
                 ax.axhline(ref[0][field]["mean"], ls="--", color=colors[method], alpha=0.7,
                            label=f"{_methods()[method].title}, non-DP")
         ax.set_xscale("log")
+        ticks = sorted({r["target_epsilon"] for r in rows if r["target_epsilon"] is not None})
+        if ticks:  # the table's epsilons as plain numbers, not 3 x 10^0
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlabel("epsilon (delta 1e-5)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
