@@ -143,6 +143,9 @@ def _train_commands(*flags):
     proc = subprocess.run([sys.executable, "-c", _COMMANDS, *flags], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in proc.stdout.splitlines():  # each flag once: a recorded command reads unambiguously
+        names = [a.split("=", 1)[0] for a in line.split()[2:]]
+        assert len(names) == len(set(names)), line
     return [dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in line.split()[2:])
             for line in proc.stdout.splitlines()]
 
@@ -150,7 +153,7 @@ def _train_commands(*flags):
 @pytest.mark.timeout(180)
 def test_non_dp_references_train_with_their_own_optimizer_rate_and_batch():
     """A DP cell keeps the table's (or the recipe's) optimizer settings; a non-DP one gets the
-    --nodp_* ones, placed after them (absl: the later flag wins), recipes' included."""
+    --nodp_* ones instead (each flag once), recipes' included."""
     pgd, pgd_nodp, scat, scat_nodp = _train_commands("--batch_size=1000", "--learning_rate=4",
                                                       "--nodp_learning_rate=0.002", "--nodp_batch_size=128")
     assert (pgd["batch_size"], pgd["learning_rate"], pgd.get("optimizer")) == ("1000", "4", None)

@@ -174,12 +174,13 @@ def train_command(method: Method, epsilon: Optional[float], seed: int, data: str
 
     argv = [sys.executable, "-m", "tfdprobust.experiments.mnist",
             *([f"--recipe={method.recipe}"] if method.recipe else []), f"--dataset={FLAGS.dataset}",
-            f"--data_dir={data}", *([f"--batch_size={FLAGS.batch_size}"] if given("batch_size") else []),
+            f"--data_dir={data}",
+            *([f"--batch_size={FLAGS.batch_size}"] if given("batch_size") and epsilon is not None else []),
             f"--seed={seed}", f"--export_dir={models}", f"--run_name={run_name}", "--checkpoint_every=0",
             "--verbose=0", *method.flags]
     if epsilon is None:
         argv += ["--nodp", f"--optimizer={FLAGS.nodp_optimizer}", f"--learning_rate={FLAGS.nodp_learning_rate:g}",
-                 f"--batch_size={FLAGS.nodp_batch_size}"]  # later flags win: the recipe's and the table's batch
+                 f"--batch_size={FLAGS.nodp_batch_size}"]  # after --recipe, so it overrides the recipe's batch
         if FLAGS.nodp_epochs or given("epochs"):
             argv.append(f"--epochs={FLAGS.nodp_epochs or FLAGS.epochs}")
     else:
