@@ -182,7 +182,7 @@ def scale_rows(per_example_grads: Sequence[tf.Tensor], scales: Sequence[tf.Tenso
     for g, scale in zip(per_example_grads, scales):
         shape = tf.concat([tf.shape(g)[:1], tf.ones([tf.rank(g) - 1], tf.int32)], 0)
         keep = tf.reshape(tf.math.is_finite(norms), shape)
-        safe = tf.where(keep, g, tf.zeros_like(g))
+        safe = tf.where(keep, g, tf.zeros([], g.dtype))  # broadcast: no zeros as large as g (see factors._zero_dropped)
         out.append(safe * tf.cast(tf.reshape(scale, shape), g.dtype))
     return out
 

@@ -278,7 +278,11 @@ def _split_copies(t: tf.Tensor, copies: int) -> List[tf.Tensor]:
 def _zero_dropped(t: tf.Tensor, keep: tf.Tensor, all_kept: tf.Tensor) -> tf.Tensor:
     """``t`` with the rows of dropped (non-finite) examples set to exactly zero."""
     def masked():
+        # A broadcast scalar zero, not tf.zeros_like(t): with a static shape, Grappler folds
+        # zeros_like into a constant as large as t and keeps it for the model's lifetime
+        # (ResNet-20 at B = 250: about 60 MB of tensors and 150 MB of RSS, for a branch that
+        # runs only when an example's gradient is not finite).
         shape = [-1] + [1] * (t.shape.rank - 1)
-        return tf.where(tf.reshape(keep, shape), t, tf.zeros_like(t))
+        return tf.where(tf.reshape(keep, shape), t, tf.zeros([], t.dtype))
 
     return tf.cond(all_kept, lambda: tf.identity(t), masked)
