@@ -40,7 +40,7 @@ Example:
 """
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Sequence, Tuple, Union
 
 import tensorflow as tf
 
