@@ -12,6 +12,7 @@ Entries (the module that defines them imports its framework only when it runs):
 * :mod:`.tf_peers`: ``keras_fit`` (plain Keras ``fit``, no PGD variant), ``ours_nondp`` and
   ``ours_dp`` (:class:`~tfdprobust.train_step.PrivateRobustModel` without and with DP),
   ``ours_dp_chunked`` (``ours_dp`` with ``--dp_chunk_rows``, the memory-bounded clipped sum),
+  ``ours_dp_chunk64`` (the same with chunks of 64 rows, for the smaller chunks of a large network),
   ``ours_dp_onepass`` (``ours_dp`` with ``--dp_chunk_rows=0``: one pass whatever the batch),
   ``ours_dp_offsets`` (``ours_dp`` with the convolution layout before the filter-gradient op:
   one matmul per kernel offset where :meth:`ConvFactors.layout` now picks ``filter_op``),
@@ -43,7 +44,8 @@ from tfdprobust.registry import Registry
 FRAMEWORKS: Registry = Registry("framework")
 for _name, _where in (
         ("keras_fit", "tf_peers:keras_fit"), ("ours_nondp", "tf_peers:ours_nondp"), ("ours_dp", "tf_peers:ours_dp"),
-        ("ours_dp_chunked", "tf_peers:ours_dp_chunked"), ("ours_dp_onepass", "tf_peers:ours_dp_onepass"),
+        ("ours_dp_chunked", "tf_peers:ours_dp_chunked"), ("ours_dp_chunk64", "tf_peers:ours_dp_chunk64"),
+        ("ours_dp_onepass", "tf_peers:ours_dp_onepass"),
         ("ours_dp_offsets", "tf_peers:ours_dp_offsets"),
         ("tfp_dpkeras", "tf_peers:tfp_dpkeras"), ("tfp_dpsequential", "tf_peers:tfp_dpsequential"),
         ("torch_nondp", "torch_peers:torch_nondp"), ("opacus_hooks", "torch_peers:opacus_hooks"),
@@ -53,7 +55,8 @@ for _name, _where in (
 
 MODELS = ("cnn", "lenet", "resnet20")
 #: DP entries, and the non-private entry of the same framework each is compared with.
-DP_BASELINE = {"ours_dp": "ours_nondp", "ours_dp_chunked": "ours_nondp", "ours_dp_onepass": "ours_nondp",
+DP_BASELINE = {"ours_dp": "ours_nondp", "ours_dp_chunked": "ours_nondp", "ours_dp_chunk64": "ours_nondp",
+               "ours_dp_onepass": "ours_nondp",
                "ours_dp_offsets": "ours_nondp", "tfp_dpkeras": "ours_nondp",
                "tfp_dpsequential": "ours_nondp",
                "opacus_hooks": "torch_nondp", "opacus_ghost": "torch_nondp", "jax_dp": "jax_nondp"}
