@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdprobust import accounting, attacks, clipping, per_example
+from tfdprobust import accounting, attacks, clipping, models, per_example, train_step
 from tfdprobust.errors import UsageError
 from tfdprobust.models import ModelConfig, build_model
 from tfdprobust.train_step import DPConfig, PrivateRobustModel, TrainConfig, auto_chunk_rows, fit
@@ -426,3 +426,40 @@ def test_the_clipped_sum_chunks_by_the_documented_rule_of_the_expected_rows(batc
 
 def test_the_default_chunk_size_switches_above_256_expected_rows():
     assert [auto_chunk_rows(n) for n in (1, 128, 256, 257, 500, 2000)] == [None, None, None, 128, 128, 128]
+
+
+def test_the_default_chunks_hold_at_most_the_documented_written_out_floats():
+    """Above 2 x AUTO_CHUNK_FLOATS written-out floats per batch, chunks of whole examples
+    holding AUTO_CHUNK_FLOATS; the row rule still applies, and the smaller chunk wins."""
+    floats = train_step.AUTO_CHUNK_FLOATS
+    per_example = 267_408  # ResNet-20's convolution weights
+    fit = floats // per_example
+    assert fit == 62
+    assert auto_chunk_rows(64, 1, per_example) is None            # 17 M floats: one pass
+    assert auto_chunk_rows(250, 1, per_example) == fit            # 67 M: chunks of 62 examples
+    assert auto_chunk_rows(500, 2, per_example) == 2 * fit        # with the attack: 124 rows < 128
+    assert auto_chunk_rows(250, 1, floats) == 1                   # an example alone over the budget: one per chunk
+    assert auto_chunk_rows(250, 1, 9_264) is None                 # the CNN: neither rule
+    assert auto_chunk_rows(2000, 1, 9_264) == 128                 # the row rule alone
+    n = 2 * floats // per_example                                 # the threshold itself: one pass
+    assert auto_chunk_rows(n, 1, per_example) is None and auto_chunk_rows(n + 1, 1, per_example) == fit
+
+
+def test_written_out_floats_counts_the_convolutions_weights_only():
+    net = build_model(ModelConfig(name="lenet", norm="none"), seed=0)
+    convs = [layer for layer in net.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    dense = [layer for layer in net.layers if isinstance(layer, tf.keras.layers.Dense)]
+    assert convs and dense
+    expected = sum(int(np.prod(w.shape)) for layer in convs for w in layer.trainable_weights)
+    assert per_example.costs.written_out_floats(net) == expected < models.count_parameters(net)
+
+
+def test_resnet20_at_b250_takes_the_memory_chunks_by_default():
+    net = build_model(ModelConfig(name="resnet20", norm="group"), seed=0)
+    floats = per_example.costs.written_out_floats(net)
+    assert floats > 2 * train_step.AUTO_CHUNK_FLOATS // 250
+    model = PrivateRobustModel(net, TrainConfig(expected_batch_size=250, attack=None, dp=DPConfig()))
+    assert model.chunk_rows == train_step.AUTO_CHUNK_FLOATS // floats
+    with_attack = PrivateRobustModel(net, TrainConfig(expected_batch_size=250, attack=ATTACK, adv_weight=0.5,
+                                                      dp=DPConfig()))
+    assert with_attack.chunk_rows == 2 * (train_step.AUTO_CHUNK_FLOATS // floats)  # 124 rows, below 128

@@ -69,13 +69,34 @@ OPTIMIZERS: Registry = optimizers.OPTIMIZERS
 #: was faster.
 AUTO_CHUNK_ABOVE = 256
 AUTO_CHUNK_ROWS = 128
+#: A batch whose examples would hold more than 2 x AUTO_CHUNK_FLOATS written-out per-example
+#: gradient floats at once (:func:`tfdprobust.per_example.costs.written_out_floats`) takes
+#: chunks of AUTO_CHUNK_FLOATS floats' worth of examples (64 MB in float32). Measured on the
+#: same machine at commit c0e856d (experiments/benchmarks/peers_s14_resnet_b250.md): ResNet-20
+#: at B = 250 without attack (267,408 floats per example) took 1.55x the non-DP step's extra
+#: memory in one pass, 1.22x in chunks of 128 rows and 0.80x in chunks of 64, at 0.85x, 0.83x
+#: and 0.86x its speed.
+AUTO_CHUNK_FLOATS = 2 ** 24
 
 
-def auto_chunk_rows(expected_rows: int) -> Optional[int]:
-    """The default chunk size of the clipped sum for ``expected_rows`` rows per batch:
-    :data:`AUTO_CHUNK_ROWS` above :data:`AUTO_CHUNK_ABOVE` rows, else ``None`` (one pass).
-    It depends on the configured (expected) batch size only, never on a realised one."""
-    return AUTO_CHUNK_ROWS if expected_rows > AUTO_CHUNK_ABOVE else None
+def auto_chunk_rows(expected_rows: int, copies: int = 1, per_example_floats: int = 0) -> Optional[int]:
+    """The default chunk size of the clipped sum, in rows, or ``None`` (one pass).
+
+    The smaller of: :data:`AUTO_CHUNK_ROWS` when there are more than :data:`AUTO_CHUNK_ABOVE`
+    rows (activations and output gradients), and, when the examples would hold more than
+    ``2 * AUTO_CHUNK_FLOATS`` written-out gradient floats, as many whole examples (``copies``
+    rows each) as hold :data:`AUTO_CHUNK_FLOATS` (at least one). It depends on the configured
+    (expected) batch size and the network's shape only, never on a realised batch.
+
+    Args:
+        expected_rows: expected examples per batch times ``copies``.
+        copies: rows per example (2 with an attack: the clean and adversarial rows).
+        per_example_floats: :func:`~tfdprobust.per_example.costs.written_out_floats` of the network.
+    """
+    candidates = [AUTO_CHUNK_ROWS] if expected_rows > AUTO_CHUNK_ABOVE else []
+    if per_example_floats and (expected_rows // copies) * per_example_floats > 2 * AUTO_CHUNK_FLOATS:
+        candidates.append(max(1, AUTO_CHUNK_FLOATS // per_example_floats) * copies)
+    return min(candidates) if candidates else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +162,11 @@ class DPConfig:
         require(self.count_noise is None or (math.isfinite(self.count_noise) and self.count_noise > 0),
                 f"--count_noise must be a finite number > 0, got {self.count_noise}")
 
-    def effective_chunk_rows(self, expected_rows: int) -> Optional[int]:
+    def effective_chunk_rows(self, expected_rows: int, copies: int = 1, per_example_floats: int = 0) -> Optional[int]:
         """The chunk size the clipped sum uses for ``expected_rows`` rows per batch (``None``:
-        one pass): ``chunk_rows`` when given, else :func:`auto_chunk_rows`."""
+        one pass): ``chunk_rows`` when given, else :func:`auto_chunk_rows` (same arguments)."""
         if self.chunk_rows is None:
-            return auto_chunk_rows(expected_rows)
+            return auto_chunk_rows(expected_rows, copies, per_example_floats)
         return self.chunk_rows or None
 
     @property
@@ -353,9 +374,10 @@ class PrivateRobustModel(tf.keras.Model):
 
     @property
     def chunk_rows(self) -> Optional[int]:
-        """Rows per chunk of the DP clipped sum (``None``: one pass), from ``DPConfig.chunk_rows``
-        and the expected batch size (:func:`auto_chunk_rows`)."""
-        return self.config.dp.effective_chunk_rows(self.config.expected_batch_size * self.copies)
+        """Rows per chunk of the DP clipped sum (``None``: one pass), from ``DPConfig.chunk_rows``,
+        the expected batch size and the network's written-out gradient size (:func:`auto_chunk_rows`)."""
+        return self.config.dp.effective_chunk_rows(self.config.expected_batch_size * self.copies, self.copies,
+                                                   per_example.costs.written_out_floats(self.net))
 
     def rows(self, x: tf.Tensor, x_adv: tf.Tensor, y: tf.Tensor):
         """The rows that enter the loss, their labels and weights, and copies per example.
