@@ -522,8 +522,7 @@ def test_the_clipped_sum_as_run_holds_no_batch_sized_constant():
     """The graph TensorFlow actually runs (after Grappler) keeps no constant that grows
     with the batch. A ``tf.zeros_like`` of the per-example rows in the dropped-example
     branch was folded into constants as large as the rows (here 800,000 floats for one
-    layer; ResNet-20 at B = 250: about 60 MB of tensors and 150 MB of RSS held for the
-    model's lifetime)."""
+    layer), held for the model's lifetime."""
     batch = 32
     graph = tf.Graph()
     with graph.as_default():
