@@ -452,6 +452,9 @@ def test_written_out_floats_counts_the_convolutions_weights_only():
     assert convs and dense
     expected = sum(int(np.prod(w.shape)) for layer in convs for w in layer.trainable_weights)
     assert per_example.costs.written_out_floats(net) == expected < models.count_parameters(net)
+    # Nested: a network inside another model counts the same (the docstring's promise).
+    outer = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), net, tf.keras.layers.Dense(3)])
+    assert per_example.costs.written_out_floats(outer) == expected
 
 
 def test_resnet20_at_b250_takes_the_memory_chunks_by_default():

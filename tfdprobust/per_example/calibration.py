@@ -15,7 +15,8 @@ the time, not the result beyond float rounding), and the faster one is used.
 The rule, as :func:`choose` applies it:
 
 1. a statically unknown ``T``: materialized (the cost model cannot price ghost);
-2. the cost model is decisive (ratio >= :data:`DECISIVE`), or probing is off: the cheaper count;
+2. the cost model is decisive (ratio >= :data:`DECISIVE`), or probing is off, or the network is
+   being built in a ``tf.compat.v1`` graph (no eager context to run a probe in): the cheaper count;
 3. otherwise: the method with the smaller measured CPU time (the minimum over
    :data:`REPEATS` interleaved calls of each, one compiled function per method, after one
    warm-up call).
@@ -161,6 +162,12 @@ def choose(parts: List, positions: Optional[int], d: int, p: int, sums: int) -> 
     costs = norm_costs(positions, d, p, sums)
     ratio = max(costs.values()) / max(min(costs.values()), 1)
     if ratio >= DECISIVE or not probing_enabled() or not all(hasattr(f, "synthetic") for f in parts):
+        return cheaper
+    with tf.init_scope():
+        # A tf.compat.v1 graph being built has no eager context to lift the probe into: the
+        # probe cannot run there, so the cost model decides (a tf.function lifts fine).
+        eager = tf.executing_eagerly()
+    if not eager:
         return cheaper
     machine, layer = machine_key(), layer_key(parts, sums)
     known = _memory.setdefault(machine, {})
